@@ -1,0 +1,45 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+THREADS ?= 2
+
+.PHONY: demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first and pinned, so that no other package can pull another build of it.
+$(VENV)/.base: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(PIP) -e ".[dev]"
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.base
+	$(PIP) -c benchmarks/constraints.txt torchattacks
+	touch $@
+
+demo: $(VENV)/.base
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/advex evaluate --out runs/demo
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest
+
+test-slow: $(VENV)/.dev
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -m slow
+
+bench: $(VENV)/.bench
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/pgd_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,354 @@
+"""The Attack base class and the per-sample ``Tracker`` every attack runs inside.
+
+An attack only writes its loop body (``_run``). Everything shared lives here:
+
+* input checks and coercion of the model into a ``Classifier`` (``Attack.__call__``);
+* batching of large inputs (``batch_size``), eval mode restored afterwards;
+* an explicit ``torch.Generator`` per batch, seeded from ``seed`` (same seed → same result);
+* the ``Tracker``: every point an attack evaluates passes through ``Tracker.forward``, which
+  counts queries per sample and keeps the best valid point per sample — never the last iterate.
+  "Best" is success first; among successes the smaller distance (minimum-norm attacks,
+  ``select="distance"``) or the larger margin (fixed-budget attacks, ``select="margin"``); among
+  failures the larger margin. Points outside the ε-ball are never recorded.
+* early stop per sample (``early_stop=True``): ``Tracker.shrink`` drops samples that already
+  succeeded from the attack's working tensors, so later steps cost less;
+* restarts (``Tracker.restarts``) that run only on samples still unbroken;
+* with ``levels`` set, the model is always evaluated on the quantized point (a straight-through
+  estimator passes gradients to the continuous iterate), so what is recorded is what is returned;
+* the final re-check (``advex.result.finalize``), which no attack can skip.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from advex.attacks.losses import Loss, margin
+from advex.model import Classifier, as_classifier, check_inputs
+from advex.norms import lp_norm, on_grid, quantize
+from advex.result import AttackResult, ball_tolerance, finalize, succeeded
+from advex.threat import ThreatModel
+
+__all__ = ["Attack", "Tracker"]
+
+Select = Literal["margin", "distance"]
+
+
+class Tracker:
+    """Per-sample state of one attack run on one batch.
+
+    The attack works on the *active rows*: the samples it is still attacking. ``x``, ``y``,
+    ``target`` and ``clean_logits`` are the active rows' slices; tensors the attack owns (δ,
+    momentum, ...) are kept aligned with them through ``shrink``.
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        threat: ThreatModel,
+        *,
+        generator: torch.Generator,
+        early_stop: bool = True,
+        select: Select = "margin",
+    ) -> None:
+        self.model = model
+        self.threat = threat
+        self.generator = generator
+        self.early_stop = early_stop
+        self.select = select
+        self._x, self._y, self._target = x, y, target
+        b = x.shape[0]
+        dev = x.device
+        self.queries = torch.zeros(b, dtype=torch.long, device=dev)
+        self.gradients = torch.zeros(b, dtype=torch.long, device=dev)
+        self.step_count = torch.zeros(b, dtype=torch.long, device=dev)
+        with torch.no_grad():
+            logits = model(x)
+        self.queries += 1
+        self._clean_logits = logits.detach()
+        self.clean_pred = self._clean_logits.argmax(dim=1)
+        done = succeeded(self.clean_pred, y, target, threat.targeted)
+        self.best = x.detach().clone()
+        self.best_success = done.clone()
+        self.best_distance = torch.where(
+            done, torch.zeros(b, device=dev), torch.full((b,), float("inf"), device=dev)
+        )
+        self.best_score = margin(self._clean_logits, y, target if threat.targeted else None)
+        self.best_score = self.best_score.to(x.dtype)
+        self.done = done.clone()
+        self.rows = torch.nonzero(~self.done).squeeze(1)
+        self._slice()
+
+    # ----- the active rows -------------------------------------------------------------
+    def _slice(self) -> None:
+        self.x = self._x[self.rows]
+        self.y = self._y[self.rows]
+        self.target = None if self._target is None else self._target[self.rows]
+        self.clean_logits = self._clean_logits[self.rows]
+
+    @property
+    def n_active(self) -> int:
+        return int(self.rows.numel())
+
+    @property
+    def labels_target(self) -> Tensor | None:
+        """The target labels a loss should use: the targets if targeted, else None."""
+        return self.target if self.threat.targeted else None
+
+    def restarts(self, n: int) -> Iterator[int]:
+        """Yield restart indices; restart r > 0 runs only on samples not yet successful."""
+        for r in range(n):
+            if r > 0:
+                self.done = self.best_success.clone()
+                self.rows = torch.nonzero(~self.done).squeeze(1)
+                self._slice()
+            if self.n_active == 0:
+                return
+            yield r
+
+    def steps(self, n: int) -> Iterator[int]:
+        """Yield step indices until ``n`` or until no sample is active; counts steps per sample."""
+        for i in range(n):
+            if self.n_active == 0:
+                return
+            self.step_count[self.rows] += 1
+            yield i
+
+    def shrink(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """Drop finished samples (early stop) from the active rows and from ``tensors``."""
+        if not self.early_stop:
+            return tensors
+        keep = ~self.done[self.rows]
+        if bool(keep.all()):
+            return tensors
+        self.rows = self.rows[keep]
+        self._slice()
+        return tuple(t[keep] for t in tensors)
+
+    # ----- evaluating points ------------------------------------------------------------
+    def _valid_view(self, x_adv: Tensor) -> Tensor:
+        """x_adv clipped to the box and rounded onto the grid; gradients pass straight through."""
+        lo, hi = self.threat.bounds
+        valid = quantize(x_adv.detach().clamp(lo, hi), self.x, self.threat)
+        if not x_adv.requires_grad:
+            return valid
+        return x_adv + (valid - x_adv).detach()
+
+    def forward(self, x_adv: Tensor) -> Tensor:
+        """Logits of the active rows at ``x_adv``; records the best point per sample."""
+        point = self._valid_view(x_adv)
+        logits = self.model(point)
+        self.queries[self.rows] += 1
+        self.record(point.detach(), logits.detach())
+        return logits
+
+    def value_and_grad(
+        self, delta: Tensor, loss: Loss, penalty: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Objective per sample and its gradient with respect to δ (one forward + backward).
+
+        The objective is loss(f(x + δ), y, target) − penalty(δ) (penalty optional, per
+        sample). Returns (logits, objective values, ∇_δ Σ objective); the point is recorded
+        like ``forward``.
+        """
+        delta = delta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.forward(self.x + delta)
+            values = loss(logits, self.y, self.labels_target)
+            if penalty is not None:
+                values = values - penalty(delta)
+            (grad,) = torch.autograd.grad(values.sum(), delta)
+        self.gradients[self.rows] += 1
+        return logits.detach(), values.detach(), grad
+
+    def record(self, point: Tensor, logits: Tensor) -> None:
+        """Keep ``point`` for each active sample where it beats the best so far."""
+        rows = self.rows
+        success = succeeded(logits.argmax(dim=1), self.y, self.target, self.threat.targeted)
+        score = margin(logits, self.y, self.labels_target).to(self.best_score.dtype)
+        distance = lp_norm(point - self.x, self.threat.norm).to(self.best_distance.dtype)
+        ok = torch.ones_like(success)
+        if self.threat.eps is not None:
+            ok = distance <= self.threat.eps + ball_tolerance(self.threat.eps)
+        if self.threat.levels is not None:
+            ok = ok & on_grid(point, self.threat)
+        had = self.best_success[rows]
+        if self.select == "distance":
+            better_success = distance < self.best_distance[rows]
+        else:
+            better_success = score > self.best_score[rows]
+        better = ok & (
+            (success & ~had)
+            | (success & had & better_success)
+            | (~success & ~had & (score > self.best_score[rows]))
+        )
+        if bool(better.any()):
+            idx = rows[better]
+            self.best[idx] = point[better].to(self.best.dtype)
+            self.best_success[idx] = success[better]
+            self.best_distance[idx] = torch.where(
+                success[better], distance[better], torch.full_like(distance[better], float("inf"))
+            )
+            self.best_score[idx] = score[better]
+        if self.early_stop:
+            self.done[rows] |= ok & success
+
+
+class Attack(abc.ABC):
+    """Base of every attack: configure in ``__init__``, run with ``attack(model, x, y, target)``.
+
+    Subclasses set ``name``, the ``norms`` they support, whether they need ``eps``
+    (``needs_eps``) and how the tracker chooses among successes (``select``), and implement
+    ``_run(run)``: the loop body and nothing else.
+    """
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1", "l0")
+    needs_eps: ClassVar[bool] = True
+    select: ClassVar[Select] = "margin"
+    supports_targeted: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        seed: int = 0,
+        batch_size: int | None = None,
+        early_stop: bool = True,
+    ) -> None:
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"threat: expected an advex.ThreatModel, got {type(threat).__name__}")
+        if threat.norm not in self.norms:
+            raise ValueError(
+                f"threat.norm: {self.name} supports {', '.join(self.norms)}, got {threat.norm!r}"
+            )
+        if self.needs_eps and threat.eps is None:
+            raise ValueError(f"threat.eps: {self.name} is a fixed-budget attack and needs eps")
+        if threat.targeted and not self.supports_targeted:
+            raise ValueError(f"threat.targeted: {self.name} is untargeted only")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size: expected a positive integer or None, got {batch_size!r}")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed: expected an integer, got {seed!r}")
+        self.threat = threat
+        self.seed = seed
+        self.batch_size = batch_size
+        self.early_stop = early_stop
+
+    # ----- the public call --------------------------------------------------------------
+    def __call__(
+        self, model: Any, x: Tensor, y: Tensor, target: Tensor | None = None
+    ) -> AttackResult:
+        """Attack ``model`` on inputs ``x`` (B, ...) with labels ``y`` (B,) (and ``target``)."""
+        clf = as_classifier(model, bounds=self.threat.bounds)
+        x, y, target = self._checked(clf, x, y, target)
+        start = time.perf_counter()
+        size = self.batch_size or x.shape[0]
+        parts = []
+        with clf.attacking():
+            for i, lo in enumerate(range(0, x.shape[0], size)):
+                parts.append(
+                    self._run_batch(
+                        clf,
+                        x[lo : lo + size],
+                        y[lo : lo + size],
+                        None if target is None else target[lo : lo + size],
+                        i,
+                    )
+                )
+        return AttackResult.concat(parts, seconds=time.perf_counter() - start)
+
+    def _run_batch(
+        self, clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, index: int
+    ) -> AttackResult:
+        start = time.perf_counter()
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(self.seed * 1_000_003 + index)
+        run = Tracker(
+            clf,
+            x,
+            y,
+            target,
+            self.threat,
+            generator=generator,
+            early_stop=self.early_stop,
+            select=self.select,
+        )
+        if run.n_active:
+            self._run(run)
+        return finalize(
+            clf,
+            x,
+            y,
+            run.best,
+            self.threat,
+            target=target,
+            clean_pred=run.clean_pred,
+            queries=run.queries,
+            gradients=run.gradients,
+            steps=run.step_count,
+            seconds=time.perf_counter() - start,
+            attack=self.name,
+            params=self.params(),
+        )
+
+    def _checked(
+        self, clf: Classifier, x: Any, y: Any, target: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        if isinstance(x, Tensor):
+            x = x.to(clf.device)
+        if isinstance(y, Tensor):
+            y = y.to(clf.device)
+        if isinstance(target, Tensor):
+            target = target.to(clf.device)
+        if clf.num_classes is None and isinstance(x, Tensor) and x.ndim >= 2 and len(x):
+            with torch.no_grad(), clf.attacking():
+                clf(x[:1].float())
+        x, y, target = check_inputs(
+            x, y, bounds=self.threat.bounds, num_classes=clf.num_classes, target=target
+        )
+        if self.threat.targeted:
+            target = self._targets(clf, x, y, target)
+            if bool((target == y).any()):
+                raise ValueError("target: some targets equal the true label y")
+        elif target is not None:
+            raise ValueError("target: given, but the threat model is untargeted (targeted=False)")
+        if self.threat.levels is not None and not bool(on_grid(x, self.threat).all()):
+            raise ValueError(
+                f"x: levels={self.threat.levels} needs clean inputs on the value grid; "
+                "round them first with advex.norms.quantize(x, x, threat)"
+            )
+        return x.detach(), y, target
+
+    def _targets(self, clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        """Targets for a targeted threat; subclasses may choose them when none are given."""
+        if target is None:
+            raise ValueError("target: the threat model is targeted; pass target labels")
+        return target
+
+    def params(self) -> dict[str, Any]:
+        """The attack's settings, for results and reports."""
+        skip = {"threat"}
+        return {
+            k: v
+            for k, v in vars(self).items()
+            if k not in skip
+            and not k.startswith("_")
+            and isinstance(v, int | float | str | bool | None)
+        }
+
+    @abc.abstractmethod
+    def _run(self, run: Tracker) -> None:
+        """The attack's loop: evaluate points through ``run`` (forward / value_and_grad)."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({self.threat.describe()!r}, {args})"

@@ -1,0 +1,291 @@
+"""Norms, exact projections onto ball ∩ box, random points in balls, steepest ascent, quantization.
+
+Everything here works on batches: the first dimension is the sample, the rest is flattened.
+Budgets ``eps`` are a float or a per-sample tensor of shape (B,).
+
+Projections solve, per sample, the Euclidean projection onto the feasible set
+
+    Π(v) = argmin_δ ‖δ − v‖₂   s.t.  ‖δ‖_p ≤ ε,   l ≤ δ ≤ u,      l = lo − x ≤ 0 ≤ u = hi − x,
+
+exactly (up to floating point) for every norm:
+
+* L∞: δ = clip(v, max(−ε, l), min(ε, u)) — the two boxes intersect into one.
+* L2: by the KKT conditions δ = clip(s·v, l, u) for one s ∈ (0, 1]; ‖clip(s·v)‖² is piecewise
+  quadratic in s with breakpoints b_i/|v_i|, so sorting them gives s in closed form.
+* L1: δ = sign(v)·clip(|v| − λ, 0, b) for one λ ≥ 0 (soft-thresholding, then the box);
+  Σ clip(|v_i| − λ, 0, b_i) is piecewise linear in λ, so sorting its 2D breakpoints gives λ in
+  closed form — the sort-based simplex projection of Duchi et al. (ICML 2008) extended to the box.
+* L0: keep the k coordinates whose clipped value reduces ‖δ − v‖² the most, i.e. the largest
+  v_i² − (v_i − clip(v_i))², then clip; exact for the L0 ball ∩ box.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from advex.threat import ThreatModel
+
+__all__ = [
+    "ascent",
+    "box_limits",
+    "lp_norm",
+    "on_grid",
+    "project",
+    "project_ball",
+    "quantize",
+    "random_start",
+]
+
+_TINY = 1e-12
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.flatten(1)
+
+
+def _eps_column(eps: float | Tensor, like: Tensor) -> Tensor:
+    """Budget as a (B, 1) tensor on ``like``'s device and dtype."""
+    if isinstance(eps, Tensor):
+        return eps.to(device=like.device, dtype=like.dtype).reshape(-1, 1)
+    return torch.full((like.shape[0], 1), float(eps), device=like.device, dtype=like.dtype)
+
+
+def lp_norm(delta: Tensor, norm: str) -> Tensor:
+    """Per-sample norm ‖δ‖_p of a batch, shape (B,). L0 counts non-zero elements."""
+    d = _flat(delta)
+    if norm == "linf":
+        return d.abs().amax(dim=1) if d.shape[1] else d.new_zeros(d.shape[0])
+    if norm == "l2":
+        return d.norm(p=2, dim=1)
+    if norm == "l1":
+        return d.abs().sum(dim=1)
+    if norm == "l0":
+        return (d != 0).sum(dim=1).to(d.dtype)
+    raise ValueError(f"norm: expected one of linf, l2, l1, l0, got {norm!r}")
+
+
+def box_limits(x: Tensor, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """Per-element limits (l, u) on δ so that lo ≤ x + δ ≤ hi."""
+    return bounds[0] - x, bounds[1] - x
+
+
+def _project_linf(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    return torch.minimum(torch.maximum(v, torch.maximum(-eps, lo)), torch.minimum(eps, hi))
+
+
+def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    a = v.abs()
+    b = torch.where(v > 0, hi, -lo).clamp_min(0)
+    clipped = torch.minimum(torch.maximum(v, lo), hi)
+    inside = clipped.norm(dim=1, keepdim=True) <= eps
+    if bool(inside.all()):
+        return clipped
+    t = torch.where(a > 0, b / a.clamp_min(_TINY), torch.full_like(a, math.inf))
+    ts, order = t.sort(dim=1)
+    a2 = a.gather(1, order).square()
+    b2 = torch.where(torch.isinf(ts), torch.zeros_like(ts), b.gather(1, order).square())
+    prefix_b2 = b2.cumsum(dim=1)
+    rest_a2 = a2.sum(dim=1, keepdim=True) - a2.cumsum(dim=1)
+    f = torch.where(
+        torch.isinf(ts), torch.full_like(ts, math.inf), prefix_b2 + ts.square() * rest_a2
+    )
+    eps2 = eps.square()
+    k = (f <= eps2).sum(dim=1, keepdim=True)  # breakpoints passed: s lies after the k-th one
+    zero = torch.zeros_like(eps)
+    sat_b2 = torch.where(k > 0, prefix_b2.gather(1, (k - 1).clamp_min(0)), zero)
+    free_a2 = torch.where(
+        k > 0, rest_a2.gather(1, (k - 1).clamp_min(0)), a2.sum(dim=1, keepdim=True)
+    )
+    s = torch.sqrt((eps2 - sat_b2).clamp_min(0) / free_a2.clamp_min(_TINY))
+    s = torch.where(free_a2 > 0, s, torch.ones_like(s)).clamp(max=1.0)
+    out = torch.minimum(torch.maximum(s * v, lo), hi)
+    out = torch.where(inside, clipped, out)
+    return _shrink_into(out, eps, "l2")
+
+
+def _project_l1(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    a = v.abs()
+    b = torch.where(v > 0, hi, -lo).clamp_min(0)
+    g0 = torch.minimum(a, b).sum(dim=1, keepdim=True)
+    inside = g0 <= eps
+    if bool(inside.all()):
+        return torch.minimum(torch.maximum(v, lo), hi)
+    # g(λ) = Σ clip(a_i − λ, 0, b_i): slope −1 on [max(a_i − b_i, 0), a_i] per coordinate.
+    starts = (a - b).clamp_min(0)
+    ends = torch.maximum(a, starts)
+    events = torch.cat([starts, ends], dim=1)
+    slopes = torch.cat([-torch.ones_like(a), torch.ones_like(a)], dim=1)
+    events, order = events.sort(dim=1)
+    slope_after = slopes.gather(1, order).cumsum(dim=1)
+    gaps = events.diff(dim=1)
+    g_at = torch.cat([g0, g0 + (slope_after[:, :-1] * gaps).cumsum(dim=1)], dim=1)
+    k = ((g_at >= eps).sum(dim=1, keepdim=True) - 1).clamp_min(0)
+    e_k = events.gather(1, k)
+    s_k = slope_after.gather(1, k)
+    lam = e_k + (g_at.gather(1, k) - eps) / (-s_k).clamp_min(1.0)
+    lam = torch.where(inside, torch.zeros_like(lam), lam.clamp_min(0))
+    out = torch.sign(v) * torch.minimum((a - lam).clamp_min(0), b)
+    return _shrink_into(out, eps, "l1")
+
+
+def _project_l0(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    clipped = torch.minimum(torch.maximum(v, lo), hi)
+    gain = v.square() - (v - clipped).square()
+    rank = gain.argsort(dim=1, descending=True).argsort(dim=1)
+    keep = rank < eps.round()
+    return torch.where(keep & (clipped != 0), clipped, torch.zeros_like(clipped))
+
+
+def _shrink_into(delta: Tensor, eps: Tensor, norm: str) -> Tensor:
+    """Scale rows whose norm exceeds eps by floating-point error back inside (stays in the box)."""
+    n = lp_norm(delta, norm).unsqueeze(1)
+    scale = torch.where(n > eps, eps / n.clamp_min(_TINY), torch.ones_like(n))
+    return delta * scale
+
+
+_PROJECTIONS = {"linf": _project_linf, "l2": _project_l2, "l1": _project_l1, "l0": _project_l0}
+
+
+def project_ball(
+    delta: Tensor,
+    x: Tensor,
+    norm: str,
+    eps: float | Tensor | None,
+    bounds: tuple[float, float],
+) -> Tensor:
+    """Euclidean projection of δ onto {‖δ‖_p ≤ eps} ∩ {lo ≤ x + δ ≤ hi} (exact, see module doc).
+
+    ``eps=None`` projects onto the box only. ``eps`` may be a float or a (B,) tensor.
+    """
+    lo, hi = box_limits(x, bounds)
+    if eps is None:
+        return torch.minimum(torch.maximum(delta, lo), hi)
+    if norm not in _PROJECTIONS:
+        raise ValueError(f"norm: expected one of linf, l2, l1, l0, got {norm!r}")
+    v = _flat(delta)
+    out = _PROJECTIONS[norm](v, _eps_column(eps, v), _flat(lo), _flat(hi))
+    return out.reshape(delta.shape)
+
+
+def project(delta: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
+    """Projection of δ onto the threat model's ball ∩ box (no quantization; see ``quantize``)."""
+    return project_ball(delta, x, threat.norm, threat.eps, threat.bounds)
+
+
+def random_start(
+    x: Tensor, threat: ThreatModel, generator: torch.Generator | None = None
+) -> Tensor:
+    """A random δ, uniform in the ε-ball of the threat's norm, then projected onto the box.
+
+    L∞: U(−ε, ε)^d. L2: ε·u^{1/d}·g/‖g‖ with g Gaussian. L1: ε·(E_1..E_d)/Σ_{0..d}E_j with
+    random signs and E_j ~ Exp(1) (uniform in the cross-polytope). L0: ε random elements set
+    to values uniform in the box.
+    """
+    if threat.eps is None:
+        raise ValueError("eps: a random start needs a budget; the threat model has eps=None")
+    b, d = x.shape[0], x[0].numel()
+    kw = {"device": x.device, "dtype": x.dtype, "generator": generator}
+    eps = threat.eps
+    if threat.norm == "linf":
+        delta = (torch.rand(b, d, **kw) * 2 - 1) * eps  # type: ignore[arg-type]
+    elif threat.norm == "l2":
+        g = torch.randn(b, d, **kw)  # type: ignore[arg-type]
+        r = torch.rand(b, 1, **kw) ** (1.0 / d)  # type: ignore[arg-type]
+        delta = eps * r * g / g.norm(dim=1, keepdim=True).clamp_min(_TINY)
+    elif threat.norm == "l1":
+        e = -torch.log(torch.rand(b, d + 1, **kw).clamp_min(1e-30))  # type: ignore[arg-type]
+        signs = torch.randint(0, 2, (b, d), device=x.device, generator=generator) * 2 - 1
+        delta = eps * signs.to(x.dtype) * e[:, 1:] / e.sum(dim=1, keepdim=True)
+    else:
+        lo, hi = (_flat(t) for t in box_limits(x, threat.bounds))
+        values = lo + (hi - lo) * torch.rand(b, d, **kw)  # type: ignore[arg-type]
+        scores = torch.rand(b, d, **kw)  # type: ignore[arg-type]
+        keep = scores.argsort(dim=1).argsort(dim=1) < int(eps)
+        delta = torch.where(keep, values, torch.zeros_like(values))
+    return project(delta.reshape(x.shape), x, threat)
+
+
+def ascent(
+    grad: Tensor,
+    norm: str,
+    *,
+    x_adv: Tensor | None = None,
+    bounds: tuple[float, float] | None = None,
+    sparsity: float = 0.99,
+) -> Tensor:
+    """Steepest-ascent direction of unit norm: argmax_{‖s‖_p ≤ 1} ⟨g, s⟩ (or its sparse version).
+
+    L∞: sign(g). L2: g/‖g‖₂. L1: the sparse direction of Tramèr & Boneh (2019): sign(g) on the
+    top (1 − sparsity) fraction of coordinates by |g|, scaled to ‖s‖₁ = 1; coordinates where
+    ``x_adv`` already sits on the box bound that the step would push through are skipped (Croce &
+    Hein 2021), so the step is not wasted. L0 has no useful steepest-ascent direction; attacks
+    that support it handle it themselves.
+    """
+    g = _flat(grad)
+    if norm == "linf":
+        out = g.sign()
+    elif norm == "l2":
+        out = g / g.norm(dim=1, keepdim=True).clamp_min(_TINY)
+    elif norm == "l1":
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity: expected a fraction in [0, 1), got {sparsity!r}")
+        mag = g.abs()
+        if x_adv is not None and bounds is not None:
+            xa = _flat(x_adv)
+            blocked = ((xa >= bounds[1]) & (g > 0)) | ((xa <= bounds[0]) & (g < 0))
+            mag = torch.where(blocked, torch.zeros_like(mag), mag)
+        k = max(1, math.ceil((1.0 - sparsity) * g.shape[1]))
+        top = mag.topk(k, dim=1).indices
+        mask = torch.zeros_like(g).scatter_(1, top, 1.0) * (mag > 0)
+        count = mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+        out = g.sign() * mask / count
+    elif norm == "l0":
+        raise ValueError(
+            "norm: 'l0' has no steepest-ascent direction; this attack needs linf/l2/l1"
+        )
+    else:
+        raise ValueError(f"norm: expected one of linf, l2, l1, l0, got {norm!r}")
+    return out.reshape(grad.shape)
+
+
+def _grid_index(x: Tensor, threat: ThreatModel) -> Tensor:
+    lo, hi = threat.bounds
+    assert threat.levels is not None
+    return (x - lo) / (hi - lo) * (threat.levels - 1)
+
+
+def _from_index(k: Tensor, threat: ThreatModel) -> Tensor:
+    lo, hi = threat.bounds
+    assert threat.levels is not None
+    if lo == 0.0 and hi == 1.0:
+        return k / (threat.levels - 1)
+    return lo + k / (threat.levels - 1) * (hi - lo)
+
+
+def on_grid(x: Tensor, threat: ThreatModel, tol: float = 1e-4) -> Tensor:
+    """Per-sample bool (B,): every element is a grid value lo + k·(hi − lo)/(levels − 1)."""
+    if threat.levels is None:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    r = _grid_index(x, threat)
+    return _flat((r - r.round()).abs() <= tol).all(dim=1)
+
+
+def quantize(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
+    """Round x' onto the value grid, toward the clean point x, so |x'_i − x_i| never grows.
+
+    Each element goes to the grid value next to it on x's side (floor when x' > x, ceil when
+    x' < x); values already on the grid (within 1e-4 of a grid step) stay where they are. With x
+    on the grid this never increases any ‖x' − x‖_p and never leaves the box. Without ``levels``
+    it returns x' unchanged.
+    """
+    if threat.levels is None:
+        return x_adv
+    r = _grid_index(x_adv, threat)
+    near = r.round()
+    snapped = (r - near).abs() <= 1e-4
+    k = torch.where(x_adv > x, r.floor(), r.ceil())
+    k = torch.where(snapped, near, k).clamp(0, threat.levels - 1)
+    return _from_index(k, threat)

@@ -1,0 +1,256 @@
+"""``AttackResult`` and ``finalize``, the re-check every result passes before it is returned.
+
+``finalize`` is the only constructor attacks use. It takes the candidate points an attack
+found and makes them valid, then measures them itself:
+
+1. clip to the box [lo, hi];
+2. project onto the threat model's ball (when ``eps`` is given) — exact, see ``advex.norms``;
+3. round onto the value grid toward the clean point (when ``levels`` is given), which never
+   increases any ‖x' − x‖_p;
+4. check the three constraints (raising ``RuntimeError`` if any fails: a bug, never silence);
+5. run the model once more on the returned points: ``pred`` and ``success`` come from that
+   pass, ``distance`` from the returned points.
+
+Clean samples the model already gets wrong: for an untargeted threat they are returned
+unchanged (x' = x, distance 0) and count as successes, as in AutoAttack; ``robust_accuracy``
+is therefore the fraction of samples the model still classifies correctly after the attack,
+and ``success_rate`` is the fraction of *clean-correct* samples the attack broke. For a
+targeted threat, success means ``pred == target`` and robust accuracy is still ``pred == y``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from advex.model import Classifier
+from advex.norms import lp_norm, on_grid, project, quantize
+from advex.threat import ThreatModel
+
+__all__ = ["AttackResult", "ball_tolerance", "finalize", "succeeded"]
+
+
+def ball_tolerance(eps: float) -> float:
+    """Stated tolerance on ‖δ‖ ≤ eps for returned points: 1e-5·eps + 1e-6 (float32 rounding)."""
+    return 1e-5 * eps + 1e-6
+
+
+def succeeded(pred: Tensor, y: Tensor, target: Tensor | None, targeted: bool) -> Tensor:
+    """Success per sample: pred ≠ y (untargeted) or pred = target (targeted)."""
+    if targeted:
+        if target is None:
+            raise ValueError("target: a targeted threat model needs target labels")
+        return pred == target
+    return pred != y
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns, every field measured on the returned points.
+
+    Attributes:
+        x_adv: adversarial points (B, ...), valid for ``threat``.
+        success: (B,) bool, decided by a fresh forward pass on ``x_adv``.
+        distance: (B,) ‖x_adv − x‖ in the threat's norm.
+        pred: (B,) labels the model gives ``x_adv``.
+        y: (B,) true labels; ``target`` (B,) or None.
+        clean_pred: (B,) labels the model gives the clean inputs.
+        queries: (B,) forward passes spent on each sample (the final re-check excluded).
+        gradients: (B,) backward passes spent on each sample.
+        steps: (B,) iterations each sample was active.
+        seconds: wall time of the whole attack call.
+        attack: attack name; ``threat``: the threat model; ``params``: the attack's settings.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    distance: Tensor
+    pred: Tensor
+    y: Tensor
+    target: Tensor | None
+    clean_pred: Tensor
+    queries: Tensor
+    gradients: Tensor
+    steps: Tensor
+    seconds: float
+    attack: str
+    threat: ThreatModel
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.success.shape[0])
+
+    @property
+    def clean_correct(self) -> Tensor:
+        """(B,) bool: the model classified the clean input correctly."""
+        return self.clean_pred == self.y
+
+    @property
+    def clean_accuracy(self) -> float:
+        return _mean(self.clean_correct)
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of samples still classified correctly on ``x_adv``."""
+        return _mean(self.pred == self.y)
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of clean-correct samples the attack succeeded on (NaN if there are none)."""
+        ok = self.clean_correct
+        if not bool(ok.any()):
+            return math.nan
+        return _mean(self.success[ok])
+
+    @property
+    def median_distance(self) -> float:
+        """Median distance over successful, clean-correct samples (NaN if none)."""
+        mask = self.success & self.clean_correct
+        if not bool(mask.any()):
+            return math.nan
+        return float(self.distance[mask].float().median())
+
+    def to_dict(self, per_sample: bool = False) -> dict[str, Any]:
+        """JSON-ready summary; with ``per_sample`` also the per-sample fields (not x_adv)."""
+        out: dict[str, Any] = {
+            "attack": self.attack,
+            "norm": self.threat.norm,
+            "eps": self.threat.eps,
+            "bounds": list(self.threat.bounds),
+            "levels": self.threat.levels,
+            "targeted": self.threat.targeted,
+            "n": len(self),
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "success_rate": _nan_to_none(self.success_rate),
+            "median_distance": _nan_to_none(self.median_distance),
+            "seconds": self.seconds,
+            "queries": int(self.queries.sum()),
+            "gradients": int(self.gradients.sum()),
+            "mean_queries": float(self.queries.float().mean()),
+            "params": self.params,
+        }
+        if per_sample:
+            out.update(
+                success=self.success.tolist(),
+                distance=self.distance.tolist(),
+                pred=self.pred.tolist(),
+                y=self.y.tolist(),
+                target=None if self.target is None else self.target.tolist(),
+                clean_pred=self.clean_pred.tolist(),
+                queries=self.queries.tolist(),
+                gradients=self.gradients.tolist(),
+                steps=self.steps.tolist(),
+            )
+        return out
+
+    @staticmethod
+    def concat(parts: list[AttackResult], seconds: float | None = None) -> AttackResult:
+        """Join results of consecutive batches of the same attack and threat."""
+        if not parts:
+            raise ValueError("parts: nothing to concatenate")
+        first = parts[0]
+
+        def cat(name: str) -> Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
+        return AttackResult(
+            x_adv=cat("x_adv"),
+            success=cat("success"),
+            distance=cat("distance"),
+            pred=cat("pred"),
+            y=cat("y"),
+            target=None if first.target is None else cat("target"),
+            clean_pred=cat("clean_pred"),
+            queries=cat("queries"),
+            gradients=cat("gradients"),
+            steps=cat("steps"),
+            seconds=sum(p.seconds for p in parts) if seconds is None else seconds,
+            attack=first.attack,
+            threat=first.threat,
+            params=first.params,
+        )
+
+
+def _mean(t: Tensor) -> float:
+    return float(t.float().mean()) if t.numel() else math.nan
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def make_valid(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
+    """Clip to the box, project onto the ball, round onto the grid toward x: a feasible point."""
+    lo, hi = threat.bounds
+    x_adv = x_adv.clamp(lo, hi)
+    if threat.eps is not None:
+        x_adv = x + project(x_adv - x, x, threat)
+        x_adv = x_adv.clamp(lo, hi)
+    return quantize(x_adv, x, threat)
+
+
+def check_valid(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
+    """Raise ``RuntimeError`` unless every point is in the box, the ball and on the grid.
+
+    Returns the per-sample distances ‖x_adv − x‖ in the threat's norm.
+    """
+    lo, hi = threat.bounds
+    if not bool(torch.isfinite(x_adv).all()):
+        raise RuntimeError("internal error: adversarial points contain NaN or Inf")
+    if float(x_adv.min()) < lo or float(x_adv.max()) > hi:
+        raise RuntimeError("internal error: adversarial points outside the box after finalize")
+    distance = lp_norm(x_adv - x, threat.norm)
+    if threat.eps is not None:
+        worst = float(distance.max())
+        if worst > threat.eps + ball_tolerance(threat.eps):
+            raise RuntimeError(
+                f"internal error: ‖δ‖={worst:.8g} exceeds eps={threat.eps:g} after finalize"
+            )
+    if threat.levels is not None and not bool(on_grid(x_adv, threat).all()):
+        raise RuntimeError("internal error: adversarial points off the value grid after finalize")
+    return distance
+
+
+def finalize(
+    model: Classifier,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    threat: ThreatModel,
+    *,
+    target: Tensor | None,
+    clean_pred: Tensor,
+    queries: Tensor,
+    gradients: Tensor,
+    steps: Tensor,
+    seconds: float,
+    attack: str,
+    params: dict[str, Any] | None = None,
+) -> AttackResult:
+    """Make candidates valid, check them, and measure them with one fresh forward pass."""
+    with torch.no_grad():
+        x_adv = make_valid(x_adv.detach(), x, threat)
+        distance = check_valid(x_adv, x, threat)
+        pred = model(x_adv).argmax(dim=1)
+    success = succeeded(pred, y, target, threat.targeted)
+    return AttackResult(
+        x_adv=x_adv,
+        success=success,
+        distance=distance,
+        pred=pred,
+        y=y,
+        target=target,
+        clean_pred=clean_pred,
+        queries=queries,
+        gradients=gradients,
+        steps=steps,
+        seconds=seconds,
+        attack=attack,
+        threat=threat,
+        params=dict(params or {}),
+    )
