@@ -20,8 +20,9 @@ $(VENV)/.dev: $(VENV)/.base
 	$(PIP) -e ".[dev]"
 	touch $@
 
-$(VENV)/.bench: $(VENV)/.base
-	$(PIP) -c benchmarks/constraints.txt torchattacks
+$(VENV)/.bench: $(VENV)/.base benchmarks/constraints.txt
+	$(PIP) -c benchmarks/constraints.txt foolbox adversarial-robustness-toolbox
+	$(PIP) -c benchmarks/constraints.txt --no-deps torchattacks
 	touch $@
 
 demo: $(VENV)/.base

@@ -88,10 +88,10 @@ class Classifier(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device of the first parameter or buffer (CPU for parameter-free modules)."""
-        for t in self.module.parameters():
-            return t.device
-        for t in self.module.buffers():
-            return t.device
+        for p in self.module.parameters():
+            return p.device
+        for b in self.module.buffers():
+            return b.device
         return torch.device("cpu")
 
     @contextlib.contextmanager

@@ -187,23 +187,25 @@ def random_start(
     if threat.eps is None:
         raise ValueError("eps: a random start needs a budget; the threat model has eps=None")
     b, d = x.shape[0], x[0].numel()
-    kw = {"device": x.device, "dtype": x.dtype, "generator": generator}
+
+    def uniform(*shape: int) -> Tensor:
+        return torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+
     eps = threat.eps
     if threat.norm == "linf":
-        delta = (torch.rand(b, d, **kw) * 2 - 1) * eps  # type: ignore[arg-type]
+        delta = (uniform(b, d) * 2 - 1) * eps
     elif threat.norm == "l2":
-        g = torch.randn(b, d, **kw)  # type: ignore[arg-type]
-        r = torch.rand(b, 1, **kw) ** (1.0 / d)  # type: ignore[arg-type]
+        g = torch.randn((b, d), generator=generator, device=x.device, dtype=x.dtype)
+        r = uniform(b, 1) ** (1.0 / d)
         delta = eps * r * g / g.norm(dim=1, keepdim=True).clamp_min(_TINY)
     elif threat.norm == "l1":
-        e = -torch.log(torch.rand(b, d + 1, **kw).clamp_min(1e-30))  # type: ignore[arg-type]
+        e = -torch.log(uniform(b, d + 1).clamp_min(1e-30))
         signs = torch.randint(0, 2, (b, d), device=x.device, generator=generator) * 2 - 1
         delta = eps * signs.to(x.dtype) * e[:, 1:] / e.sum(dim=1, keepdim=True)
     else:
         lo, hi = (_flat(t) for t in box_limits(x, threat.bounds))
-        values = lo + (hi - lo) * torch.rand(b, d, **kw)  # type: ignore[arg-type]
-        scores = torch.rand(b, d, **kw)  # type: ignore[arg-type]
-        keep = scores.argsort(dim=1).argsort(dim=1) < int(eps)
+        values = lo + (hi - lo) * uniform(b, d)
+        keep = uniform(b, d).argsort(dim=1).argsort(dim=1) < int(eps)
         delta = torch.where(keep, values, torch.zeros_like(values))
     return project(delta.reshape(x.shape), x, threat)
 

@@ -1,0 +1,214 @@
+"""PGD-40 L∞ ε=0.3 on the bundled MNIST CNNs: advex against its peers, side by side in one run.
+
+For each model, on the first ``--n`` images of the mnist5k test split in batches of
+``--batch-size`` with ``--threads`` CPU threads, this times
+
+* advex ``PGD`` with per-sample early stop (the default) and without it,
+* torchattacks ``PGD``, Foolbox ``LinfPGD`` and ART ``ProjectedGradientDescentPyTorch`` (each
+  only if installed: ``make bench`` installs them), all with 40 steps of 0.01 and a random start,
+* the floor: 40 forward+backward passes of the same batches with no attack logic,
+
+and prints robust accuracy (re-measured here on each library's returned points, which are also
+checked against the ε-ball and the box), median seconds over ``--repeats`` interleaved runs,
+and the ratios the foundation issue sets as targets:
+
+* robust accuracy: advex ≤ the best peer + 0.3 points;
+* time: advex (early stop) ≤ 0.8× torchattacks on ``mnist_cnn``, ≤ 1.05× on ``mnist_cnn_pgd``;
+* overhead: advex without early stop ≤ 1.10× the floor.
+
+Run: ``make bench`` (or ``python benchmarks/pgd_speed.py --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advex import ThreatModel, data, zoo
+from advex.attacks import PGD
+
+EPS, STEPS, STEP_SIZE = 0.3, 40, 0.01
+
+
+def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def run_advex(model: nn.Module, x: Tensor, y: Tensor, bs: int, early_stop: bool) -> Tensor:
+    attack = PGD(
+        ThreatModel("linf", EPS),
+        steps=STEPS,
+        step_size=STEP_SIZE,
+        batch_size=bs,
+        early_stop=early_stop,
+        seed=0,
+    )
+    return attack(model, x, y).x_adv
+
+
+def run_torchattacks(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
+    import torchattacks
+
+    attack = torchattacks.PGD(model, eps=EPS, alpha=STEP_SIZE, steps=STEPS, random_start=True)
+    return torch.cat([attack(xb, yb) for xb, yb in _batches(x, y, bs)])
+
+
+def run_foolbox(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    attack = fb.attacks.LinfPGD(abs_stepsize=STEP_SIZE, steps=STEPS, random_start=True)
+    outs = []
+    for xb, yb in _batches(x, y, bs):
+        _, clipped, _ = attack(fmodel, xb, yb, epsilons=EPS)
+        outs.append(clipped)
+    return torch.cat(outs)
+
+
+def run_art(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    clf = PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
+    attack = ProjectedGradientDescentPyTorch(
+        clf,
+        norm=np.inf,
+        eps=EPS,
+        eps_step=STEP_SIZE,
+        max_iter=STEPS,
+        num_random_init=1,
+        batch_size=bs,
+        verbose=False,
+    )
+    adv = attack.generate(x=x.numpy(), y=y.numpy())
+    return torch.from_numpy(adv).to(x.dtype)
+
+
+def run_floor(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
+    """40 forward+backward passes per batch, gradients with respect to the input only."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for xb, yb in _batches(x, y, bs):
+        xb = xb.clone().requires_grad_(True)
+        for _ in range(STEPS):
+            loss = F.cross_entropy(model(xb), yb, reduction="sum")
+            torch.autograd.grad(loss, xb)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return x
+
+
+def _available(name: str) -> bool:
+    try:
+        __import__({"torchattacks": "torchattacks", "foolbox": "foolbox", "art": "art"}[name])
+    except ImportError:
+        return False
+    return True
+
+
+def _check(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> tuple[float, str]:
+    """Robust accuracy recomputed here, and a note if the points break the threat model."""
+    with torch.no_grad():
+        pred = torch.cat([model(xb).argmax(1) for xb, _ in _batches(x_adv, y, 500)])
+    linf = (x_adv - x).abs().flatten(1).amax(1).max().item()
+    notes = []
+    if linf > EPS + 1e-5:
+        notes.append(f"outside ball (max ‖δ‖∞={linf:.6f})")
+    if x_adv.min().item() < 0 or x_adv.max().item() > 1:
+        notes.append("outside [0,1]")
+    return float((pred == y).float().mean()), "; ".join(notes) or "valid"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", default="mnist_cnn,mnist_cnn_pgd")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peers", default="torchattacks,foolbox,art")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y = data.load("mnist5k", split="test")
+    x, y = x[: args.n], y[: args.n]
+    peers = [p for p in args.peers.split(",") if p]
+    missing = [p for p in peers if not _available(p)]
+    peers = [p for p in peers if p not in missing]
+    if missing:
+        print(f"not installed (run `make bench`): {', '.join(missing)}")
+    print(
+        f"PGD-{STEPS} L∞ ε={EPS} step {STEP_SIZE}, {len(x)} mnist5k test images, "
+        f"batch {args.batch_size}, {args.threads} threads, median of {args.repeats} runs"
+    )
+    peer_fns: dict[str, Callable[..., Tensor]] = {
+        "torchattacks": run_torchattacks,
+        "foolbox": run_foolbox,
+        "art": run_art,
+    }
+    verdicts: list[str] = []
+    for name in args.models.split(","):
+        model = zoo.load(name).module.eval()
+        methods: dict[str, Callable[[], Tensor]] = {
+            "advex": lambda m=model: run_advex(m, x, y, args.batch_size, True),
+            "advex (no early stop)": lambda m=model: run_advex(m, x, y, args.batch_size, False),
+            **{p: (lambda m=model, f=peer_fns[p]: f(m, x, y, args.batch_size)) for p in peers},
+            "floor (40 fwd+bwd)": lambda m=model: run_floor(m, x, y, args.batch_size),
+        }
+        times: dict[str, list[float]] = {k: [] for k in methods}
+        results: dict[str, Any] = {}
+        for _ in range(args.repeats):
+            for key, fn in methods.items():
+                start = time.perf_counter()
+                out = fn()
+                times[key].append(time.perf_counter() - start)
+                if key != "floor (40 fwd+bwd)":
+                    results[key] = _check(model, x, y, out)
+        sec = {k: statistics.median(v) for k, v in times.items()}
+        print(f"\n== {name} ==")
+        print(f"{'method':<24}{'robust acc':>11}{'seconds':>10}{'× advex':>9}  validity")
+        for key in methods:
+            ra, note = results.get(key, (float("nan"), ""))
+            ra_s = "" if key.startswith("floor") else f"{100 * ra:10.1f}%"
+            ratio = sec[key] / sec["advex"]
+            print(f"{key:<24}{ra_s:>11}{sec[key]:10.2f}{ratio:9.2f}  {note}")
+        ra_adv = results["advex"][0]
+        if peers:
+            best = min(results[p][0] for p in peers)
+            verdicts.append(
+                f"{name}: robust acc advex {100 * ra_adv:.1f}% vs best peer {100 * best:.1f}% "
+                f"(target ≤ +0.3 pt): {'PASS' if ra_adv <= best + 0.003 else 'FAIL'}"
+            )
+        if "torchattacks" in peers:
+            limit = 0.8 if name == "mnist_cnn" else 1.05
+            r = sec["advex"] / sec["torchattacks"]
+            verdicts.append(
+                f"{name}: time advex/torchattacks {r:.2f}× (target ≤ {limit}×): "
+                f"{'PASS' if r <= limit else 'FAIL'}"
+            )
+            fastest = min(sec[p] for p in peers)
+            verdicts.append(f"{name}: time advex/fastest peer {sec['advex'] / fastest:.2f}×")
+        o = sec["advex (no early stop)"] / sec["floor (40 fwd+bwd)"]
+        verdicts.append(
+            f"{name}: overhead advex (no early stop)/floor {o:.2f}× (target ≤ 1.10×): "
+            f"{'PASS' if o <= 1.10 else 'FAIL'}"
+        )
+    print("\n" + "\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()
