@@ -167,6 +167,7 @@ class Tracker:
                 values = values - penalty(delta)
             (grad,) = torch.autograd.grad(values.sum(), delta)
         self.gradients[self.rows] += 1
+        self.model.backward_count += self.n_active
         return logits.detach(), values.detach(), grad
 
     def record(self, point: Tensor, logits: Tensor) -> None:
