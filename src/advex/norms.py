@@ -275,19 +275,21 @@ def on_grid(x: Tensor, threat: ThreatModel, tol: float = 1e-4) -> Tensor:
     return _flat((r - r.round()).abs() <= tol).all(dim=1)
 
 
-def quantize(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
-    """Round x' onto the value grid, toward the clean point x, so |x'_i − x_i| never grows.
+def quantize(x_adv: Tensor, x: Tensor, threat: ThreatModel, *, snap: bool = True) -> Tensor:
+    """Round x' onto the value grid, toward the clean point x, so |x'_i − x_i| does not grow.
 
     Each element goes to the grid value next to it on x's side (floor when x' > x, ceil when
-    x' < x); values already on the grid (within 1e-4 of a grid step) stay where they are. With x
-    on the grid this never increases any ‖x' − x‖_p and never leaves the box. Without ``levels``
-    it returns x' unchanged.
+    x' < x). With x on the grid this never increases any ‖x' − x‖_p and never leaves the box.
+    With ``snap`` (the default), values within 1e-4 of a grid step of a grid value are taken to be
+    that value (float32 noise: x + 8/255 computed in float32 must stay on level 8, not drop to
+    7), which may move them away from x by at most 1e-4 of a grid step; ``snap=False`` rounds
+    strictly toward x. Without ``levels`` it returns x' unchanged.
     """
     if threat.levels is None:
         return x_adv
     r = _grid_index(x_adv, threat)
-    near = r.round()
-    snapped = (r - near).abs() <= 1e-4
     k = torch.where(x_adv > x, r.floor(), r.ceil())
-    k = torch.where(snapped, near, k).clamp(0, threat.levels - 1)
-    return _from_index(k, threat)
+    if snap:
+        near = r.round()
+        k = torch.where((r - near).abs() <= 1e-4, near, k)
+    return _from_index(k.clamp(0, threat.levels - 1), threat)
