@@ -88,7 +88,9 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     a2 = a.gather(1, order).square()
     b2 = torch.where(torch.isinf(ts), torch.zeros_like(ts), b.gather(1, order).square())
     prefix_b2 = b2.cumsum(dim=1)
-    rest_a2 = a2.sum(dim=1, keepdim=True) - a2.cumsum(dim=1)
+    # Σ_{j>k} a_j², summed from the tail (a total minus a prefix loses float32 precision).
+    tail = a2.flip(1).cumsum(dim=1).flip(1)
+    rest_a2 = torch.cat([tail[:, 1:], torch.zeros_like(tail[:, :1])], dim=1)
     f = torch.where(
         torch.isinf(ts), torch.full_like(ts, math.inf), prefix_b2 + ts.square() * rest_a2
     )
@@ -96,9 +98,7 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     k = (f <= eps2).sum(dim=1, keepdim=True)  # breakpoints passed: s lies after the k-th one
     zero = torch.zeros_like(eps)
     sat_b2 = torch.where(k > 0, prefix_b2.gather(1, (k - 1).clamp_min(0)), zero)
-    free_a2 = torch.where(
-        k > 0, rest_a2.gather(1, (k - 1).clamp_min(0)), a2.sum(dim=1, keepdim=True)
-    )
+    free_a2 = torch.where(k > 0, rest_a2.gather(1, (k - 1).clamp_min(0)), tail[:, :1])
     s = torch.sqrt((eps2 - sat_b2).clamp_min(0) / free_a2.clamp_min(_TINY))
     s = torch.where(free_a2 > 0, s, torch.ones_like(s)).clamp(max=1.0)
     out = torch.minimum(torch.maximum(s * v, lo), hi)
@@ -239,7 +239,7 @@ def ascent(
             xa = _flat(x_adv)
             blocked = ((xa >= bounds[1]) & (g > 0)) | ((xa <= bounds[0]) & (g < 0))
             mag = torch.where(blocked, torch.zeros_like(mag), mag)
-        k = max(1, math.ceil((1.0 - sparsity) * g.shape[1]))
+        k = max(1, math.ceil(round((1.0 - sparsity) * g.shape[1], 9)))
         top = mag.topk(k, dim=1).indices
         mask = torch.zeros_like(g).scatter_(1, top, 1.0) * (mag > 0)
         count = mask.sum(dim=1, keepdim=True).clamp_min(1.0)

@@ -112,7 +112,7 @@ class AttackResult:
         mask = self.success & self.clean_correct
         if not bool(mask.any()):
             return math.nan
-        return float(self.distance[mask].float().median())
+        return float(self.distance[mask].double().quantile(0.5))
 
     def to_dict(self, per_sample: bool = False) -> dict[str, Any]:
         """JSON-ready summary; with ``per_sample`` also the per-sample fields under "samples"."""

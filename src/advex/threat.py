@@ -16,6 +16,8 @@ given target label.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -67,11 +69,11 @@ class ThreatModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm))
         if self.eps is not None:
-            if isinstance(self.eps, bool) or not isinstance(self.eps, int | float):
+            if isinstance(self.eps, bool) or not isinstance(self.eps, numbers.Real):
                 raise ValueError(f"eps: expected a number or None, got {self.eps!r}")
             if not math.isfinite(self.eps) or self.eps <= 0:
                 raise ValueError(f"eps: expected a finite number > 0, got {self.eps!r}")
-            if self.norm == "l0" and float(self.eps) != int(self.eps):
+            if self.norm == "l0" and float(self.eps) != math.floor(self.eps):
                 raise ValueError(
                     f"eps: for norm 'l0' eps counts changed elements and must be an integer, "
                     f"got {self.eps!r}"
@@ -84,10 +86,14 @@ class ThreatModel:
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
             raise ValueError(f"bounds: expected finite lo < hi, got {self.bounds!r}")
         object.__setattr__(self, "bounds", (lo, hi))
-        if self.levels is not None and (
-            isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2
-        ):
-            raise ValueError(f"levels: expected None or an integer >= 2, got {self.levels!r}")
+        if self.levels is not None:
+            if (
+                isinstance(self.levels, bool)
+                or not isinstance(self.levels, numbers.Integral)
+                or self.levels < 2
+            ):
+                raise ValueError(f"levels: expected None or an integer >= 2, got {self.levels!r}")
+            object.__setattr__(self, "levels", operator.index(self.levels))
         if not isinstance(self.targeted, bool):
             raise ValueError(f"targeted: expected a bool, got {self.targeted!r}")
 

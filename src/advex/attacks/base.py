@@ -235,9 +235,11 @@ class Attack(abc.ABC):
             raise ValueError(f"threat.eps: {self.name} is a fixed-budget attack and needs eps")
         if threat.targeted and not self.supports_targeted:
             raise ValueError(f"threat.targeted: {self.name} is untargeted only")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
             raise ValueError(f"batch_size: expected a positive integer or None, got {batch_size!r}")
-        if not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed: expected an integer, got {seed!r}")
         self.threat = threat
         self.seed = seed

@@ -6,7 +6,8 @@ Solves max_{δ ∈ D} L(f(x + δ), y), D = {‖δ‖_p ≤ ε} ∩ {lo ≤ x + �
 
 s_∞ = sign, s_2 = g/‖g‖₂, s_1 = the sparse L1 direction (advex.norms.ascent), Π_D exact.
 PGD starts from a uniform random point in the ball and restarts on unbroken samples; BIM
-(I-FGSM) starts at x with α = 1/255 and min(255ε + 4, 1.25·255ε) steps; ILLC is BIM that
+(I-FGSM) starts at x with α = 1/255 and min(255ε + 4, 1.25·255ε) steps (other
+norms: 20 steps of 2.5ε/20); ILLC is BIM that
 descends the cross-entropy toward the least-likely class y_LL = argmin_j f_j(x).
 
 Madry, Makelov, Schmidt, Tsipras, Vladu. Towards Deep Learning Models Resistant to
@@ -56,9 +57,9 @@ class PGD(Attack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        if not isinstance(steps, int) or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"restarts: expected a positive integer, got {restarts!r}")
         if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size: expected a number > 0, got {step_size!r}")
@@ -99,8 +100,18 @@ class PGD(Attack):
                     run.forward(run.x + delta)
 
 
-def _kurakin_steps(eps: float) -> int:
-    return max(1, int(min(eps * 255 + 4, 1.25 * eps * 255)))
+def _default_steps(threat: ThreatModel) -> int:
+    """Kurakin's min(255ε + 4, 1.25·255ε) steps for L∞; 20 steps for the other norms."""
+    assert threat.eps is not None
+    if threat.norm != "linf":
+        return 20
+    return max(1, int(min(threat.eps * 255 + 4, 1.25 * threat.eps * 255)))
+
+
+def _default_step_size(threat: ThreatModel) -> float:
+    """α = 1/255 for L∞ (Kurakin); for the other norms 2.5·ε/20, PGD's rule for 20 steps."""
+    assert threat.eps is not None
+    return 1 / 255 if threat.norm == "linf" else 2.5 * threat.eps / 20
 
 
 class BIM(PGD):
@@ -124,10 +135,8 @@ class BIM(PGD):
             raise ValueError(f"threat.eps: {self.name} is a fixed-budget attack and needs eps")
         super().__init__(
             threat,
-            steps=steps if steps is not None else _kurakin_steps(threat.eps),
-            step_size=step_size
-            if step_size is not None
-            else (1 / 255 if threat.norm == "linf" else threat.eps / 10),
+            steps=steps if steps is not None else _default_steps(threat),
+            step_size=step_size if step_size is not None else _default_step_size(threat),
             restarts=1,
             random_start=False,
             loss=loss,
