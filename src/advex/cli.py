@@ -1,0 +1,646 @@
+"""The ``advex`` command: a thin layer over the Python API.
+
+    advex evaluate   models × attack grid → OUT/results.json and OUT/report.html
+    advex attack     one attack on one model → a one-line summary (and an .npz with --out)
+    advex zoo list   the shipped models
+    advex attacks list   the attack catalogue
+
+Bad settings end with a one-line ``Error: ...`` on stderr and exit code 2, before any attack
+runs; the work itself is done by ``advex.evaluate``, ``advex.attacks``, ``advex.data`` and
+``advex.zoo``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import numpy as np
+import torch
+import typer
+from torch import Tensor
+
+from advex.attacks import ATTACKS, Attack
+from advex.evaluate.plan import (
+    DEFAULT_ATTACKS,
+    PlanEntry,
+    accepts,
+    default_plan,
+    grid_plan,
+    parse_attacks,
+    parse_eps,
+)
+from advex.evaluate.run import DEFAULT_BATCH_SIZE
+from advex.model import Classifier
+from advex.threat import Norm, ThreatModel, parse_norm
+
+app = typer.Typer(
+    name="advex",
+    help="advex: attack, defend, evaluate and certify PyTorch classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+zoo_app = typer.Typer(help="The model zoo: small models shipped with advex.", no_args_is_help=True)
+attacks_app = typer.Typer(help="The attack catalogue.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(attacks_app, name="attacks")
+
+DEFAULT_MODELS = ("zoo:mnist_cnn", "zoo:mnist_cnn_pgd")
+DEFAULT_DATA = "mnist5k"
+DEFAULT_N = 1000
+
+#: Errors that mean "the user asked for something that cannot be done" (not a bug).
+_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, IsADirectoryError)
+
+
+def _fail(message: str) -> NoReturn:
+    """Print a one-line error to stderr and exit with code 2 (usage error)."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _version(value: bool) -> None:
+    if value:
+        import advex
+
+        typer.echo(f"advex {advex.__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """advex: attack, defend, evaluate and certify PyTorch classifiers."""
+
+
+# ----- shared helpers --------------------------------------------------------------------------
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    """Flatten repeatable options that may also hold comma lists."""
+    return [p.strip() for v in values or [] for p in v.split(",") if p.strip()]
+
+
+def _model_name(spec: str) -> str:
+    if spec.startswith("zoo:"):
+        return spec[4:]
+    return Path(spec).stem or spec
+
+
+def _zoo_names() -> list[str]:
+    from advex import zoo
+
+    return list(getattr(zoo, "MODELS", {}))
+
+
+def _resolve(spec: str) -> str:
+    """``zoo:NAME`` for zoo models (a bare zoo name is accepted), else the file path."""
+    if spec.startswith("zoo:") or Path(spec).exists():
+        return spec
+    if spec in _zoo_names():
+        return f"zoo:{spec}"
+    _fail(
+        f"--model {spec}: no such weights file and no such zoo model "
+        f"(zoo models: {', '.join(_zoo_names())})"
+    )
+
+
+def _load_models(
+    specs: list[str], archs: list[str], device: str
+) -> tuple[dict[str, Classifier], dict[str, dict[str, Any]]]:
+    """Load ``zoo:NAME`` specs and weight files (with ``--arch``); returns models and sources."""
+    from advex import zoo
+
+    specs = [_resolve(s) for s in specs]
+    files = [s for s in specs if not s.startswith("zoo:")]
+    if files and not archs:
+        _fail(f"--model {files[0]}: a weights file needs its architecture: add --arch NAME")
+    if files and len(archs) not in (1, len(files)):
+        _fail(f"--arch: expected 1 or {len(files)} architectures (one per file), got {len(archs)}")
+    models: dict[str, Classifier] = {}
+    sources: dict[str, dict[str, Any]] = {}
+    file_index = 0
+    for spec in specs:
+        info: dict[str, Any] = {"spec": spec}
+        try:
+            if spec.startswith("zoo:"):
+                clf = zoo.load(spec, device=device)
+            else:
+                arch = archs[file_index] if len(archs) > 1 else archs[0]
+                file_index += 1
+                clf = zoo.load_file(spec, arch, device=device)
+                info["architecture"] = arch
+        except _USER_ERRORS as err:
+            _fail(f"--model {spec}: {_message(err)}")
+        name, k = _model_name(spec), 2
+        while name in models:
+            name, k = f"{_model_name(spec)}#{k}", k + 1
+        models[name] = clf
+        sources[name] = info
+    return models, sources
+
+
+def _zoo_dataset(specs: list[str]) -> str | None:
+    """The bundled dataset shared by all the zoo models in ``specs`` (None if unclear)."""
+    from advex import data, zoo
+
+    if not specs or not all(s.startswith("zoo:") for s in specs):
+        return None
+    try:
+        cards = {c.name: c for c in zoo.list_models()}
+    except _USER_ERRORS:
+        return None
+    found = {getattr(cards.get(s[4:]), "dataset", None) for s in specs}
+    if len(found) == 1:
+        (name,) = found
+        if isinstance(name, str) and name in data.DATASETS:
+            return name
+    return None
+
+
+def _load_data(spec: str, split: str, n: int | None) -> tuple[Tensor, Tensor]:
+    """The first ``n`` samples (``DEFAULT_N`` when None; all, with a note, if fewer exist)."""
+    from advex import data
+
+    try:
+        x, y = data.load(spec, split=split)
+    except _USER_ERRORS as err:
+        _fail(f"--data {spec}: {_message(err)}")
+    if n is not None and n > len(y):
+        typer.echo(f"note: --n {n} but {spec} ({split}) has {len(y)} samples; using all", err=True)
+    count = DEFAULT_N if n is None else n
+    return x[:count], y[:count]
+
+
+def _norm(text: str) -> Norm:
+    try:
+        return parse_norm(text)
+    except ValueError as err:
+        _fail(f"--{_message(err)}")
+
+
+def _device(text: str) -> str:
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        _fail(f"--device: expected 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        _fail("--device: CUDA was asked for but is not available")
+    return str(dev)
+
+
+def _fmt(value: float | None, pct: bool = False) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{100 * value:.1f}%" if pct else f"{value:.4g}"
+
+
+# ----- advex evaluate --------------------------------------------------------------------------
+
+
+def build_plan(
+    attacks: str | None, norm: str | None, eps: str | None, steps: int | None
+) -> list[PlanEntry]:
+    """The plan the flags ask for (default plan when none of attacks/norm/eps is given).
+
+    Raises:
+        ValueError: with a message naming the flag.
+    """
+    if attacks is None and norm is None and eps is None:
+        return default_plan(steps=steps)
+    try:
+        names = parse_attacks(attacks) if attacks is not None else list(DEFAULT_ATTACKS)
+    except ValueError as err:
+        raise ValueError(f"--{_message(err)}") from None
+    try:
+        canonical = parse_norm(norm) if norm is not None else "linf"
+    except ValueError as err:
+        raise ValueError(f"--{_message(err)}") from None
+    try:
+        budgets = parse_eps(eps) if eps is not None else None
+    except ValueError as err:
+        raise ValueError(f"--{_message(err)}") from None
+    for name in names:
+        supported = ATTACKS[name].norms
+        if canonical not in supported:
+            raise ValueError(
+                f"--norm: attack {name!r} does not support {canonical} "
+                f"(it supports {', '.join(supported)})"
+            )
+    try:
+        return grid_plan(names, canonical, budgets, steps=steps)
+    except ValueError as err:
+        msg = _message(err)
+        raise ValueError(msg if msg.startswith("--") else f"--{msg}") from None
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model: zoo:NAME or a weights file (with --arch). Repeat or comma-separate. "
+            "[default: zoo:mnist_cnn, zoo:mnist_cnn_pgd]",
+            show_default=False,
+        ),
+    ] = None,
+    arch: Annotated[
+        list[str] | None,
+        typer.Option(help="Architecture of the weight files given to --model (one, or one each)."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset: mnist5k, digits, npz:PATH or folder:PATH. "
+            "[default: the zoo models' dataset, else mnist5k]",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a bundled dataset: test, train or all.")] = (
+        "test"
+    ),
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=1, help="Evaluate the first N samples. [default: 1000]"),
+    ] = None,
+    attacks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma list of attacks (see `advex attacks list`). With --norm/--eps the plan "
+            "is attacks × norm × eps. [default plan: fgsm,pgd at linf 0.05,0.1,0.2,0.3 and pgd "
+            "at l2 1,2,3]",
+            show_default=False,
+        ),
+    ] = None,
+    norm: Annotated[
+        str | None, typer.Option(help="Norm of the grid: linf, l2, l1 or l0. [default: linf]")
+    ] = None,
+    eps: Annotated[
+        str | None,
+        typer.Option(help="Comma list of budgets, e.g. 0.1,0.3 or 8/255. [default: per norm]"),
+    ] = None,
+    levels: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Value grid of the inputs (256: 8-bit images); adversarial "
+            "inputs are rounded onto it. The data must lie on it.",
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Steps of the iterative attacks. [default: 40]")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every attack's random generator.")] = 0,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Samples per attack batch.")
+    ] = DEFAULT_BATCH_SIZE,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    examples: Annotated[
+        int, typer.Option(min=0, help="Example images per model in the report.")
+    ] = 8,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/evaluate"),
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr. [default: when stderr is a terminal]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Evaluate models against a grid of attacks; write OUT/results.json and OUT/report.html."""
+    from advex.evaluate import run_evaluation, write_report, write_results
+    from advex.evaluate.run import check_setup
+
+    started = time.perf_counter()
+    try:
+        plan = build_plan(attacks, norm, eps, steps)
+    except ValueError as err:
+        _fail(_message(err))
+    dev = _device(device)
+    specs = [_resolve(s) for s in _split_list(model) or DEFAULT_MODELS]
+    data_spec = data or _zoo_dataset(specs) or DEFAULT_DATA
+    models, sources = _load_models(specs, _split_list(arch), dev)
+    x, y = _load_data(data_spec, split, n)
+    try:
+        check_setup(models, x, y, plan, levels=levels)
+    except ValueError as err:
+        msg = _message(err)
+        _fail(f"--{msg}" if msg.startswith("levels:") else msg)
+
+    typer.echo(
+        f"evaluating {', '.join(models)} on {len(y)} samples of {data_spec} ({split}): "
+        f"{len(plan)} attack settings",
+        err=True,
+    )
+    result = run_evaluation(
+        models, x, y, plan, levels=levels, seed=seed, batch_size=batch_size, progress=progress
+    )
+    config = {
+        "models": specs,
+        "arch": _split_list(arch) or None,
+        "data": data_spec,
+        "split": split,
+        "n": len(y),
+        "attacks": attacks,
+        "norm": norm,
+        "eps": eps,
+        "levels": levels,
+        "steps": steps,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": dev,
+        "out": str(out),
+    }
+    metadata = {
+        "command": shlex.join(["advex", *sys.argv[1:]]),
+        "config": config,
+        "data": data_spec,
+        "split": split,
+        "device": dev,
+        "sources": sources,
+    }
+    results_path = write_results(result, out / "results.json", metadata)
+    report_meta = {
+        "command": metadata["command"],
+        "data": f"{data_spec} ({split}), first {len(y)} samples",
+        "models": ", ".join(specs),
+        "device": dev,
+        "torch": torch.__version__,
+    }
+    report_path = write_report(
+        result,
+        out / "report.html",
+        title="advex evaluation",
+        metadata=report_meta,
+        examples=examples,
+    )
+    _print_rows(result)
+    typer.echo(f"wrote {results_path} and {report_path} ({time.perf_counter() - started:.1f} s)")
+
+
+def _print_rows(result: Any) -> None:
+    """A compact text table of the results on stdout."""
+    rows = result.rows()
+    width = max([len("model"), *(len(r["model"]) for r in rows)])
+    typer.echo(
+        f"{'model':<{width}}  {'attack':<10} {'norm':<5} {'eps':>7}  {'clean':>6}  "
+        f"{'robust':>6}  {'median':>8}  {'seconds':>7}"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r['model']:<{width}}  {r['attack']:<10} {r['norm']:<5} {_fmt(r['eps']):>7}  "
+            f"{_fmt(r['clean_accuracy'], True):>6}  {_fmt(r['robust_accuracy'], True):>6}  "
+            f"{_fmt(r['median_distance']):>8}  {r['seconds']:>7.2f}"
+        )
+
+
+# ----- advex attack ----------------------------------------------------------------------------
+
+
+def _targets(
+    clf: Classifier, x: Tensor, y: Tensor, target: str, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Target labels from --target (an int, 'random' or 'least-likely'); drops y == target rows.
+
+    Returns (x, y, target) with the rows kept.
+    """
+    with torch.no_grad(), clf.attacking():
+        logits = torch.cat(
+            [clf(x[i : i + 1024].to(clf.device)).cpu() for i in range(0, len(x), 1024)]
+        )
+    k = int(logits.shape[1])
+    mode = target.strip().lower().replace("_", "-")
+    if mode == "random":
+        gen = torch.Generator().manual_seed(seed)
+        t = (y + torch.randint(1, k, y.shape, generator=gen)) % k
+    elif mode in ("least-likely", "ll"):
+        t = logits.scatter(1, y.unsqueeze(1), float("inf")).argmin(dim=1)
+    else:
+        try:
+            label = int(mode)
+        except ValueError:
+            _fail(f"--target: expected a class index, 'random' or 'least-likely', got {target!r}")
+        if not 0 <= label < k:
+            _fail(f"--target: expected a class index in [0, {k - 1}], got {label}")
+        t = torch.full_like(y, label)
+    keep = t != y
+    dropped = int((~keep).sum())
+    if dropped:
+        typer.echo(f"note: skipped {dropped} samples whose true label is the target", err=True)
+        if not bool(keep.any()):
+            _fail("--target: every sample already has the target label")
+    return x[keep], y[keep], t[keep]
+
+
+@app.command()
+def attack(
+    name: Annotated[str, typer.Argument(help="Attack name (see `advex attacks list`).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="zoo:NAME or a weights file (with --arch).")
+    ] = "zoo:mnist_cnn",
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture of a weights file given to --model.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset spec. [default: the zoo model's dataset, else mnist5k]",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a bundled dataset.")] = "test",
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=1, help="Attack the first N samples. [default: 1000]"),
+    ] = None,
+    norm: Annotated[str, typer.Option(help="linf, l2, l1 or l0.")] = "linf",
+    eps: Annotated[
+        str | None, typer.Option(help="Budget, e.g. 0.3 or 8/255 (optional for some attacks).")
+    ] = None,
+    levels: Annotated[
+        int | None, typer.Option(min=2, help="Value grid (256: 8-bit images).")
+    ] = None,
+    targeted: Annotated[
+        bool, typer.Option("--targeted", help="Targeted attack (target: --target, default random).")
+    ] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Target class for all samples, 'random' or 'least-likely' (implies --targeted)."
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Steps of an iterative attack.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the attack's random generator.")] = 0,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Samples per attack batch.")
+    ] = DEFAULT_BATCH_SIZE,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Save x, y, x_adv, success, distance, pred (and target) to this .npz."),
+    ] = None,
+) -> None:
+    """Run one attack on one model and print robust accuracy, success rate and median distance."""
+    key = name.strip().lower()
+    if key not in ATTACKS:
+        _fail(f"attack: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    cls = ATTACKS[key]
+    canonical = _norm(norm)
+    if canonical not in cls.norms:
+        _fail(
+            f"--norm: attack {key!r} does not support {canonical} "
+            f"(it supports {', '.join(cls.norms)})"
+        )
+    budget: float | None = None
+    if eps is not None:
+        try:
+            values = parse_eps(eps)
+        except ValueError as err:
+            _fail(f"--{_message(err)}")
+        if len(values) != 1:
+            _fail(f"--eps: expected one value, got {eps!r}")
+        budget = values[0]
+    elif cls.needs_eps:
+        _fail(f"--eps: attack {key!r} needs a budget, e.g. --eps 0.3")
+    kwargs: dict[str, Any] = {}
+    if steps is not None:
+        if not accepts(key, "steps"):
+            _fail(f"--steps: attack {key!r} takes no steps")
+        kwargs["steps"] = steps
+    is_targeted = targeted or target is not None
+    try:
+        threat = ThreatModel(norm=canonical, eps=budget, levels=levels, targeted=is_targeted)
+        attack_obj = cls(threat, seed=seed, batch_size=batch_size, **kwargs)
+    except ValueError as err:
+        _fail(_message(err))
+
+    dev = _device(device)
+    model = _resolve(model)
+    models, _ = _load_models([model], [arch] if arch else [], dev)
+    ((label, clf),) = models.items()
+    data_spec = data or _zoo_dataset([model]) or DEFAULT_DATA
+    x, y = _load_data(data_spec, split, n)
+    from advex.evaluate.run import check_grid, check_model
+
+    try:
+        check_grid(x, levels)
+        check_model(label, clf, x, y)
+    except ValueError as err:
+        msg = _message(err)
+        _fail(f"--{msg}" if msg.startswith("levels:") else msg)
+    t: Tensor | None = None
+    if is_targeted:
+        x, y, t = _targets(clf, x, y, target or "random", seed)
+    try:
+        result = attack_obj(clf, x, y, t)
+    except ValueError as err:
+        _fail(_message(err))
+    typer.echo(
+        f"{key} {threat.describe()} on {label} ({len(result)} samples of {data_spec}): "
+        f"clean acc {_fmt(result.clean_accuracy, True)}, "
+        f"robust acc {_fmt(result.robust_accuracy, True)}, "
+        f"success rate {_fmt(result.success_rate, True)}, "
+        f"median distance {_fmt(result.median_distance)}, {result.seconds:.2f} s"
+    )
+    if out is not None:
+        arrays: dict[str, Any] = {
+            "x": x.cpu().numpy(),
+            "y": y.cpu().numpy(),
+            "x_adv": result.x_adv.cpu().numpy(),
+            "success": result.success.cpu().numpy(),
+            "distance": result.distance.cpu().numpy(),
+            "pred": result.pred.cpu().numpy(),
+            "clean_pred": result.clean_pred.cpu().numpy(),
+            "queries": result.queries.cpu().numpy(),
+        }
+        if result.target is not None:
+            arrays["target"] = result.target.cpu().numpy()
+        meta = {"model": model, "data": data_spec, "split": split, **result.to_dict()}
+        arrays["meta"] = np.array(json.dumps(meta, default=str))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, **arrays)
+        typer.echo(f"wrote {out}")
+
+
+# ----- advex zoo list / advex attacks list -----------------------------------------------------
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    line = "  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))
+    typer.echo(line.rstrip())
+    for r in rows:
+        typer.echo("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the shipped models: name, dataset, architecture, clean accuracy, description."""
+    from advex import zoo
+
+    try:
+        cards = zoo.list_models()
+    except _USER_ERRORS as err:
+        typer.echo(f"Error: {_message(err)}", err=True)
+        raise typer.Exit(code=1) from None
+    rows = []
+    for card in cards:
+        acc = getattr(card, "clean_accuracy", None)
+        rows.append(
+            [
+                f"zoo:{card.name}",
+                str(card.dataset),
+                str(card.architecture),
+                _fmt(acc, True) if isinstance(acc, float) else "n/a",
+                str(card.description).splitlines()[0] if card.description else "",
+            ]
+        )
+    _print_table(["model", "dataset", "architecture", "clean acc", "description"], rows)
+
+
+def _targeted_support(cls: type[Attack]) -> str:
+    """'yes', 'no' or 'only' (an attack that rejects an untargeted threat model)."""
+    try:
+        cls(ThreatModel(norm=parse_norm(cls.norms[0]), eps=1.0))
+    except ValueError:
+        return "only"
+    return "yes" if cls.supports_targeted else "no"
+
+
+@attacks_app.command("list")
+def attacks_list() -> None:
+    """List the attacks: name, supported norms, whether eps is needed, targeted, description."""
+    rows = []
+    for key, cls in ATTACKS.items():
+        doc = inspect.getdoc(cls) or ""
+        rows.append(
+            [
+                key,
+                ",".join(cls.norms),
+                "required" if cls.needs_eps else "optional",
+                _targeted_support(cls),
+                doc.splitlines()[0] if doc else "",
+            ]
+        )
+    _print_table(["attack", "norms", "eps", "targeted", "description"], rows)
