@@ -163,11 +163,13 @@ def main() -> None:
     verdicts: list[str] = []
     for name in args.models.split(","):
         model = zoo.load(name).module.eval()
+        # The floor runs right next to advex without early stop, so the overhead ratio compares
+        # runs made under the same machine load.
         methods: dict[str, Callable[[], Tensor]] = {
             "advex": lambda m=model: run_advex(m, x, y, args.batch_size, True),
+            "floor (40 fwd+bwd)": lambda m=model: run_floor(m, x, y, args.batch_size),
             "advex (no early stop)": lambda m=model: run_advex(m, x, y, args.batch_size, False),
             **{p: (lambda m=model, f=peer_fns[p]: f(m, x, y, args.batch_size)) for p in peers},
-            "floor (40 fwd+bwd)": lambda m=model: run_floor(m, x, y, args.batch_size),
         }
         times: dict[str, list[float]] = {k: [] for k in methods}
         results: dict[str, Any] = {}

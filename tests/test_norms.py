@@ -529,3 +529,15 @@ def test_lp_norm_against_numpy(norm: str, ord_) -> None:
     want = np.linalg.norm(d.flatten(1).numpy(), ord=ord_, axis=1)
     assert got.shape == (7,)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
+def test_round_to_grid_is_nearest_grid_value() -> None:
+    from advex.norms import round_to_grid
+
+    threat = ThreatModel("linf", 0.1, levels=256)
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float32)
+    r = round_to_grid(x, threat)
+    assert torch.equal(r, torch.round(r * 255) / 255)
+    assert float((r - x).abs().max()) <= 0.5 / 255 + 1e-7
+    assert torch.equal(round_to_grid(r, threat), r)
+    assert torch.equal(round_to_grid(x, ThreatModel("linf", 0.1)), x)

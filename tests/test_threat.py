@@ -135,3 +135,9 @@ def test_describe_mentions_every_field() -> None:
         assert part in s
     assert "min-norm" in ThreatModel("l2").describe()
     assert "untargeted" in ThreatModel("l2").describe()
+
+
+def test_budget_returns_eps_or_names_the_field() -> None:
+    assert ThreatModel("l2", 0.5).budget() == 0.5
+    with pytest.raises(ValueError, match="^eps:"):
+        ThreatModel("l2").budget()

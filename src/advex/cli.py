@@ -621,9 +621,7 @@ def zoo_list() -> None:
 
 def _targeted_support(cls: type[Attack]) -> str:
     """'yes', 'no' or 'only' (an attack that rejects an untargeted threat model)."""
-    try:
-        cls(ThreatModel(norm=parse_norm(cls.norms[0]), eps=1.0))
-    except ValueError:
+    if cls.requires_targeted:
         return "only"
     return "yes" if cls.supports_targeted else "no"
 

@@ -37,6 +37,7 @@ __all__ = [
     "project_ball",
     "quantize",
     "random_start",
+    "round_to_grid",
 ]
 
 _TINY = 1e-12
@@ -254,17 +255,17 @@ def ascent(
 
 
 def _grid_index(x: Tensor, threat: ThreatModel) -> Tensor:
+    """Position of x on the grid in units of one step (callers ensure ``levels`` is set)."""
     lo, hi = threat.bounds
-    assert threat.levels is not None
-    return (x - lo) / (hi - lo) * (threat.levels - 1)
+    return (x - lo) / (hi - lo) * ((threat.levels or 2) - 1)
 
 
 def _from_index(k: Tensor, threat: ThreatModel) -> Tensor:
     lo, hi = threat.bounds
-    assert threat.levels is not None
+    top = (threat.levels or 2) - 1
     if lo == 0.0 and hi == 1.0:
-        return k / (threat.levels - 1)
-    return lo + k / (threat.levels - 1) * (hi - lo)
+        return k / top
+    return lo + k / top * (hi - lo)
 
 
 def on_grid(x: Tensor, threat: ThreatModel, tol: float = 1e-4) -> Tensor:
@@ -273,6 +274,13 @@ def on_grid(x: Tensor, threat: ThreatModel, tol: float = 1e-4) -> Tensor:
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     r = _grid_index(x, threat)
     return _flat((r - r.round()).abs() <= tol).all(dim=1)
+
+
+def round_to_grid(x: Tensor, threat: ThreatModel) -> Tensor:
+    """Each element rounded to the nearest grid value (for clean inputs that are not on it)."""
+    if threat.levels is None:
+        return x
+    return _from_index(_grid_index(x, threat).round().clamp(0, threat.levels - 1), threat)
 
 
 def quantize(x_adv: Tensor, x: Tensor, threat: ThreatModel, *, snap: bool = True) -> Tensor:

@@ -97,6 +97,12 @@ class ThreatModel:
         if not isinstance(self.targeted, bool):
             raise ValueError(f"targeted: expected a bool, got {self.targeted!r}")
 
+    def budget(self) -> float:
+        """``eps`` as a float; ``ValueError`` when the threat model has none."""
+        if self.eps is None:
+            raise ValueError("eps: this attack is fixed-budget and needs eps; got None")
+        return self.eps
+
     @property
     def step(self) -> float | None:
         """Spacing of the value grid, (hi − lo)/(levels − 1), or None without levels."""

@@ -216,6 +216,7 @@ class Attack(abc.ABC):
     needs_eps: ClassVar[bool] = True
     select: ClassVar[Select] = "margin"
     supports_targeted: ClassVar[bool] = True
+    requires_targeted: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -235,6 +236,8 @@ class Attack(abc.ABC):
             raise ValueError(f"threat.eps: {self.name} is a fixed-budget attack and needs eps")
         if threat.targeted and not self.supports_targeted:
             raise ValueError(f"threat.targeted: {self.name} is untargeted only")
+        if not threat.targeted and self.requires_targeted:
+            raise ValueError(f"threat.targeted: {self.name} is targeted only; use targeted=True")
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
@@ -327,7 +330,7 @@ class Attack(abc.ABC):
         if self.threat.levels is not None and not bool(on_grid(x, self.threat).all()):
             raise ValueError(
                 f"x: levels={self.threat.levels} needs clean inputs on the value grid; "
-                "round them first with advex.norms.quantize(x, x, threat)"
+                "round them first with advex.norms.round_to_grid(x, threat)"
             )
         return x.detach(), y, target
 

@@ -50,16 +50,15 @@ class FGSM(Attack):
 
     def _run(self, run: Tracker) -> None:
         threat = self.threat
-        assert threat.eps is not None
         for _ in run.steps(1):
             _, _, grad = run.value_and_grad(torch.zeros_like(run.x), self._loss)
             if threat.norm == "l0":
-                delta = _l0_step(grad, run.x, int(threat.eps), threat.bounds)
+                delta = _l0_step(grad, run.x, int(threat.budget()), threat.bounds)
             else:
                 step = ascent(
                     grad, threat.norm, x_adv=run.x, bounds=threat.bounds, sparsity=self.l1_sparsity
                 )
-                delta = project(threat.eps * step, run.x, threat)
+                delta = project(threat.budget() * step, run.x, threat)
             with torch.no_grad():
                 run.forward(run.x + delta)
 

@@ -63,9 +63,10 @@ class PGD(Attack):
             raise ValueError(f"restarts: expected a positive integer, got {restarts!r}")
         if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size: expected a number > 0, got {step_size!r}")
-        assert threat.eps is not None
         self.steps = steps
-        self.step_size = float(step_size) if step_size is not None else 2.5 * threat.eps / steps
+        self.step_size = (
+            float(step_size) if step_size is not None else 2.5 * threat.budget() / steps
+        )
         self.restarts = restarts
         self.random_start = random_start
         self.loss = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
@@ -102,16 +103,15 @@ class PGD(Attack):
 
 def _default_steps(threat: ThreatModel) -> int:
     """Kurakin's min(255ε + 4, 1.25·255ε) steps for L∞; 20 steps for the other norms."""
-    assert threat.eps is not None
+    eps = threat.budget()
     if threat.norm != "linf":
         return 20
-    return max(1, int(min(threat.eps * 255 + 4, 1.25 * threat.eps * 255)))
+    return max(1, int(min(eps * 255 + 4, 1.25 * eps * 255)))
 
 
 def _default_step_size(threat: ThreatModel) -> float:
     """α = 1/255 for L∞ (Kurakin); for the other norms 2.5·ε/20, PGD's rule for 20 steps."""
-    assert threat.eps is not None
-    return 1 / 255 if threat.norm == "linf" else 2.5 * threat.eps / 20
+    return 1 / 255 if threat.norm == "linf" else 2.5 * threat.budget() / 20
 
 
 class BIM(PGD):

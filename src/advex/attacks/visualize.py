@@ -40,6 +40,7 @@ class FakeImage(Attack):
 
     name: ClassVar[str] = "fake_image"
     needs_eps: ClassVar[bool] = False
+    requires_targeted: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -56,11 +57,6 @@ class FakeImage(Attack):
         early_stop: bool = False,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        if not threat.targeted:
-            raise ValueError(
-                "threat.targeted: FakeImage makes an input for a chosen class; "
-                "use a targeted threat model"
-            )
         if init not in ("noise", "x"):
             raise ValueError(f"init: expected 'noise' or 'x', got {init!r}")
         if step not in ("l2", "sign", "raw"):
