@@ -139,5 +139,5 @@ def test_describe_mentions_every_field() -> None:
 
 def test_budget_returns_eps_or_names_the_field() -> None:
     assert ThreatModel("l2", 0.5).budget() == 0.5
-    with pytest.raises(ValueError, match="^eps:"):
+    with pytest.raises(ValueError, match=r"^eps:"):
         ThreatModel("l2").budget()
