@@ -137,6 +137,11 @@ class Tracker:
     def _valid_view(self, x_adv: Tensor) -> Tensor:
         """x_adv clipped to the box and rounded onto the grid; gradients pass straight through."""
         lo, hi = self.threat.bounds
+        if self.threat.levels is None and x_adv.numel():
+            bound = x_adv.detach()
+            inside = float(bound.min()) >= lo and float(bound.max()) <= hi
+            if inside:  # the common case: the attack kept its iterate in the box already
+                return x_adv
         valid = quantize(x_adv.detach().clamp(lo, hi), self.x, self.threat)
         if not x_adv.requires_grad:
             return valid
