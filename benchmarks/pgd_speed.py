@@ -12,7 +12,10 @@ and prints robust accuracy (re-measured here on each library's returned points, 
 checked against the ε-ball and the box) averaged over ``--repeats`` interleaved runs with
 different random starts (run r uses seed r in advex and ``torch.manual_seed(r)`` for the peers:
 one run's robust accuracy varies by about ±0.3 points with the random start alone), the fastest
-of those runs' seconds, and the ratios the foundation issue sets as targets:
+of those runs' seconds, and the ratios the foundation issue sets as targets, each the median
+over runs of a ratio of two timings taken back to back (wall time on a shared machine drifts by
+tens of percent between minutes; a paired ratio, with the order reversed on every other run,
+cancels most of that):
 
 * robust accuracy: advex ≤ the best peer + 0.3 points;
 * time: advex (early stop) ≤ 0.8× torchattacks on ``mnist_cnn``, ≤ 1.05× on ``mnist_cnn_pgd``;
@@ -117,6 +120,11 @@ def run_floor(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
     return x
 
 
+def _paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over runs of time(a)/time(b), each pair measured back to back."""
+    return statistics.median(ta / tb for ta, tb in zip(times[a], times[b], strict=True))
+
+
 def _available(name: str) -> bool:
     try:
         __import__({"torchattacks": "torchattacks", "foolbox": "foolbox", "art": "art"}[name])
@@ -184,7 +192,10 @@ def main() -> None:
         notes: dict[str, set[str]] = {k: set() for k in methods}
         for r in range(args.repeats):
             seed[0] = r
-            for key, fn in methods.items():
+            # Odd runs go in reverse order, so a slow drift of the machine's speed hits every
+            # method alike (ABBA); the floor always runs next to advex without early stop.
+            order = list(methods.items())
+            for key, fn in order if r % 2 == 0 else order[::-1]:
                 torch.manual_seed(r)
                 start = time.perf_counter()
                 out = fn()
@@ -194,6 +205,7 @@ def main() -> None:
                     accs[key].append(acc)
                     notes[key].add(note)
         sec = {k: min(v) for k, v in times.items()}
+
         results: dict[str, Any] = {
             k: (statistics.mean(accs[k]), "; ".join(sorted(notes[k]))) for k in methods if accs[k]
         }
@@ -213,14 +225,14 @@ def main() -> None:
             )
         if "torchattacks" in peers:
             limit = 0.8 if name == "mnist_cnn" else 1.05
-            r = sec["advex"] / sec["torchattacks"]
+            r = _paired(times, "advex", "torchattacks")
             verdicts.append(
                 f"{name}: time advex/torchattacks {r:.2f}× (target ≤ {limit}×): "
                 f"{'PASS' if r <= limit else 'FAIL'}"
             )
             fastest = min(sec[p] for p in peers)
             verdicts.append(f"{name}: time advex/fastest peer {sec['advex'] / fastest:.2f}×")
-        o = sec["advex (no early stop)"] / sec["floor (40 fwd+bwd)"]
+        o = _paired(times, "advex (no early stop)", "floor (40 fwd+bwd)")
         verdicts.append(
             f"{name}: overhead advex (no early stop)/floor {o:.2f}× (target ≤ 1.10×): "
             f"{'PASS' if o <= 1.10 else 'FAIL'}"

@@ -39,6 +39,11 @@ from advex.evaluate.run import DEFAULT_BATCH_SIZE
 from advex.model import Classifier
 from advex.threat import Norm, ThreatModel, parse_norm
 
+# Options shared by several commands.
+SeedOption = Annotated[int, typer.Option(help="Seed of the attacks' random generators.")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Samples per attack batch.")]
+DeviceOption = Annotated[str, typer.Option(help="cpu or cuda.")]
+
 app = typer.Typer(
     name="advex",
     help="advex: attack, defend, evaluate and certify PyTorch classifiers.",
@@ -308,11 +313,9 @@ def evaluate(
     steps: Annotated[
         int | None, typer.Option(min=1, help="Steps of the iterative attacks. [default: 40]")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every attack's random generator.")] = 0,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Samples per attack batch.")
-    ] = DEFAULT_BATCH_SIZE,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: SeedOption = 0,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    device: DeviceOption = "cpu",
     examples: Annotated[
         int, typer.Option(min=0, help="Example images per model in the report.")
     ] = 8,
@@ -489,11 +492,9 @@ def attack(
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Steps of an iterative attack.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the attack's random generator.")] = 0,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Samples per attack batch.")
-    ] = DEFAULT_BATCH_SIZE,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: SeedOption = 0,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    device: DeviceOption = "cpu",
     out: Annotated[
         Path | None,
         typer.Option(help="Save x, y, x_adv, success, distance, pred (and target) to this .npz."),
