@@ -426,10 +426,7 @@ def _targets(
 
     Returns (x, y, target) with the rows kept.
     """
-    with torch.no_grad(), clf.attacking():
-        logits = torch.cat(
-            [clf(x[i : i + 1024].to(clf.device)).cpu() for i in range(0, len(x), 1024)]
-        )
+    logits = clf.logits(x).cpu()
     k = int(logits.shape[1])
     mode = target.strip().lower().replace("_", "-")
     if mode == "random":

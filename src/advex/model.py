@@ -110,12 +110,17 @@ class Classifier(nn.Module):
             for p, flag in grads:
                 p.requires_grad_(flag)
 
-    def predict(self, x: Tensor, batch_size: int = 1024) -> Tensor:
-        """Top-1 labels (B,), computed without gradients in batches."""
+    def logits(self, x: Tensor, batch_size: int = 1024) -> Tensor:
+        """Logits (B, K) on this model's device, computed in eval mode without gradients."""
+        dev = self.device
         with torch.no_grad(), self.attacking():
             return torch.cat(
-                [self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]
+                [self(x[i : i + batch_size].to(dev)) for i in range(0, len(x), batch_size)]
             )
+
+    def predict(self, x: Tensor, batch_size: int = 1024) -> Tensor:
+        """Top-1 labels (B,), computed without gradients in batches."""
+        return self.logits(x, batch_size).argmax(dim=1)
 
 
 def warn_if_probabilities(logits: Tensor) -> None:
