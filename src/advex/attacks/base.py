@@ -11,10 +11,15 @@ An attack only writes its loop body (``_run``). Everything shared lives here:
   ``select="distance"``) or the larger margin (fixed-budget attacks, ``select="margin"``); among
   failures the larger margin. Points outside the ε-ball are never recorded.
 * early stop per sample (``early_stop=True``): ``Tracker.shrink`` drops samples that already
-  succeeded from the attack's working tensors, so later steps cost less;
+  succeeded from the attack's working tensors, so later steps cost less. A minimum-norm attack
+  (``select="distance"``) with ``eps=None`` never stops at its first success — it goes on
+  shrinking the perturbation — and retires samples by its own rule (``Tracker.retire``); with an
+  ``eps`` it stops once a success inside the ε-ball is found;
 * restarts (``Tracker.restarts``) that run only on samples still unbroken;
 * with ``levels`` set, the model is always evaluated on the quantized point (a straight-through
-  estimator passes gradients to the continuous iterate), so what is recorded is what is returned;
+  estimator passes gradients to the continuous iterate), so what is recorded is what is returned.
+  With an ``eps`` the rounding goes toward x (it never grows ‖δ‖); with ``eps=None`` it goes to
+  the nearest grid value;
 * the final re-check (``advex.result.finalize``), which no attack can skip.
 """
 
@@ -30,11 +35,11 @@ from torch import Tensor
 
 from advex.attacks.losses import Loss, margin
 from advex.model import Classifier, as_classifier, check_inputs
-from advex.norms import lp_norm, on_grid, quantize
+from advex.norms import lp_norm, on_grid, quantize, round_to_grid
 from advex.result import AttackResult, ball_tolerance, finalize, succeeded
 from advex.threat import ThreatModel
 
-__all__ = ["Attack", "Tracker"]
+__all__ = ["Attack", "MinNormAttack", "Tracker"]
 
 Select = Literal["margin", "distance"]
 
@@ -122,10 +127,18 @@ class Tracker:
             self.step_count[self.rows] += 1
             yield i
 
+    def retire(self, finished: Tensor) -> None:
+        """Mark active rows as finished by the attack's own rule (a bool mask over the active
+        rows); the next ``shrink`` drops them. Their best point so far is what is returned."""
+        if finished.shape != self.rows.shape:
+            raise ValueError(
+                f"finished: expected a mask of shape {tuple(self.rows.shape)}, "
+                f"got {tuple(finished.shape)}"
+            )
+        self.done[self.rows[finished]] = True
+
     def shrink(self, *tensors: Tensor) -> tuple[Tensor, ...]:
-        """Drop finished samples (early stop) from the active rows and from ``tensors``."""
-        if not self.early_stop:
-            return tensors
+        """Drop finished samples (early stop, ``retire``) from the active rows and ``tensors``."""
         keep = ~self.done[self.rows]
         if bool(keep.all()):
             return tensors
@@ -142,7 +155,11 @@ class Tracker:
             inside = float(bound.min()) >= lo and float(bound.max()) <= hi
             if inside:  # the common case: the attack kept its iterate in the box already
                 return x_adv
-        valid = quantize(x_adv.detach().clamp(lo, hi), self.x, self.threat)
+        clipped = x_adv.detach().clamp(lo, hi)
+        if self.threat.eps is None:
+            valid = round_to_grid(clipped, self.threat)
+        else:
+            valid = quantize(clipped, self.x, self.threat)
         if not x_adv.requires_grad:
             return valid
         return x_adv + (valid - x_adv).detach()
@@ -175,6 +192,31 @@ class Tracker:
         self.model.backward_count += self.n_active
         return logits.detach(), values.detach(), grad
 
+    def jacobian(self, x_adv: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits at ``x_adv`` and the gradients ∇ₓ z_c of the logits of ``classes``.
+
+        ``classes`` (B, k) long names k classes per active sample. Returns (logits (B, K),
+        jac (B, k, *x.shape[1:])) with jac[i, j] = ∂z_{classes[i, j]}(x_adv_i)/∂x. One forward
+        (recorded like ``forward``) and k backward passes through the same graph; counts k
+        gradients per sample.
+        """
+        if classes.ndim != 2 or classes.shape[0] != x_adv.shape[0]:
+            raise ValueError(
+                f"classes: expected shape ({x_adv.shape[0]}, k), got {tuple(classes.shape)}"
+            )
+        k = classes.shape[1]
+        point = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.forward(point)
+            picked = logits.gather(1, classes)
+            grads = []
+            for j in range(k):
+                (g,) = torch.autograd.grad(picked[:, j].sum(), point, retain_graph=j < k - 1)
+                grads.append(g)
+        self.gradients[self.rows] += k
+        self.model.backward_count += self.n_active * k
+        return logits.detach(), torch.stack(grads, dim=1)
+
     def record(self, point: Tensor, logits: Tensor) -> None:
         """Keep ``point`` for each active sample where it beats the best so far."""
         rows = self.rows
@@ -204,7 +246,7 @@ class Tracker:
                 success[better], distance[better], torch.full_like(distance[better], float("inf"))
             )
             self.best_score[idx] = score[better]
-        if self.early_stop:
+        if self.early_stop and not (self.select == "distance" and self.threat.eps is None):
             self.done[rows] |= ok & success
 
 
@@ -363,3 +405,16 @@ class Attack(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({self.threat.describe()!r}, {args})"
+
+
+class MinNormAttack(Attack):
+    """Base of the minimum-norm attacks: find the smallest adversarial ‖δ‖ per sample.
+
+    ``eps=None`` asks for the smallest perturbation the attack can find; an ``eps`` asks whether
+    one inside the ε-ball exists, and a sample stops as soon as one is found (then only points
+    inside the ball are kept, so the result is a valid ε-bounded attack). Among successes the
+    tracker keeps the point of smallest distance.
+    """
+
+    needs_eps: ClassVar[bool] = False
+    select: ClassVar[Select] = "distance"

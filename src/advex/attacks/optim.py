@@ -1,0 +1,67 @@
+"""Optimizers for batches of independent per-sample problems, with state that follows early stop.
+
+``torch.optim`` keeps one state per parameter tensor; an attack's parameter is a batch of
+independent problems whose rows leave the batch as they finish (``Tracker.shrink``). These
+optimizers keep their state row-aligned and drop rows with ``keep``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["Adam"]
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) descending a batch of independent problems, one row per sample.
+
+    m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  w ← w − lr·m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ),
+    v̂ = v/(1−β₂ᵗ). ``lr`` is a number or a per-sample tensor (B,). ``reset`` restarts the moments
+    and the step count (a new optimization problem, e.g. the next constant of a binary search).
+    """
+
+    def __init__(
+        self, lr: float | Tensor, *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
+        if isinstance(lr, float | int) and not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr: expected a number > 0, got {lr!r}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.t = 0
+        self.m: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def reset(self) -> None:
+        self.t = 0
+        self.m = None
+        self.v = None
+
+    def step(self, w: Tensor, grad: Tensor) -> Tensor:
+        """One descent step on ``w`` (B, ...) with gradient ``grad``; returns the new ``w``."""
+        b1, b2 = self.betas
+        if self.m is None or self.v is None:
+            self.m = torch.zeros_like(grad)
+            self.v = torch.zeros_like(grad)
+        self.t += 1
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        lr = self.lr
+        if isinstance(lr, Tensor):
+            lr = lr.reshape(-1, *[1] * (w.ndim - 1))
+        return w - lr * m_hat / (v_hat.sqrt() + self.eps)
+
+    def keep(self, mask: Tensor) -> None:
+        """Keep only the rows where ``mask`` (B,) is True (the samples still being attacked)."""
+        if self.m is not None and self.v is not None:
+            self.m = self.m[mask]
+            self.v = self.v[mask]
+        if isinstance(self.lr, Tensor):
+            self.lr = self.lr[mask]
