@@ -39,12 +39,9 @@ from torch import Tensor, nn
 
 from advex import ThreatModel, data, zoo
 from advex.attacks import PGD
+from common import art_classifier, available, batches, paired, predict
 
 EPS, STEPS, STEP_SIZE = 0.3, 40, 0.01
-
-
-def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def run_advex(
@@ -65,7 +62,7 @@ def run_torchattacks(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
     import torchattacks
 
     attack = torchattacks.PGD(model, eps=EPS, alpha=STEP_SIZE, steps=STEPS, random_start=True)
-    return torch.cat([attack(xb, yb) for xb, yb in _batches(x, y, bs)])
+    return torch.cat([attack(xb, yb) for xb, yb in batches(x, y, bs)])
 
 
 def run_foolbox(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
@@ -74,7 +71,7 @@ def run_foolbox(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
     attack = fb.attacks.LinfPGD(abs_stepsize=STEP_SIZE, steps=STEPS, random_start=True)
     outs = []
-    for xb, yb in _batches(x, y, bs):
+    for xb, yb in batches(x, y, bs):
         _, clipped, _ = attack(fmodel, xb, yb, epsilons=EPS)
         outs.append(clipped)
     return torch.cat(outs)
@@ -82,18 +79,9 @@ def run_foolbox(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
 
 def run_art(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
-    from art.estimators.classification import PyTorchClassifier
 
-    clf = PyTorchClassifier(
-        model=model,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=tuple(x.shape[1:]),
-        nb_classes=10,
-        clip_values=(0.0, 1.0),
-        device_type="cpu",
-    )
     attack = ProjectedGradientDescentPyTorch(
-        clf,
+        art_classifier(model, x),
         norm=np.inf,
         eps=EPS,
         eps_step=STEP_SIZE,
@@ -110,7 +98,7 @@ def run_floor(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
     """40 forward+backward passes per batch, gradients with respect to the input only."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for xb, yb in _batches(x, y, bs):
+    for xb, yb in batches(x, y, bs):
         xb = xb.clone().requires_grad_(True)
         for _ in range(STEPS):
             loss = F.cross_entropy(model(xb), yb, reduction="sum")
@@ -120,23 +108,9 @@ def run_floor(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> Tensor:
     return x
 
 
-def _paired(times: dict[str, list[float]], a: str, b: str) -> float:
-    """Median over runs of time(a)/time(b), each pair measured back to back."""
-    return statistics.median(ta / tb for ta, tb in zip(times[a], times[b], strict=True))
-
-
-def _available(name: str) -> bool:
-    try:
-        __import__({"torchattacks": "torchattacks", "foolbox": "foolbox", "art": "art"}[name])
-    except ImportError:
-        return False
-    return True
-
-
 def _check(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> tuple[float, str]:
     """Robust accuracy recomputed here, and a note if the points break the threat model."""
-    with torch.no_grad():
-        pred = torch.cat([model(xb).argmax(1) for xb, _ in _batches(x_adv, y, 500)])
+    pred = predict(model, x_adv)
     linf = (x_adv - x).abs().flatten(1).amax(1).max().item()
     notes = []
     if linf > EPS + 1e-5:
@@ -159,7 +133,7 @@ def main() -> None:
     x, y = data.load("mnist5k", split="test")
     x, y = x[: args.n], y[: args.n]
     peers = [p for p in args.peers.split(",") if p]
-    missing = [p for p in peers if not _available(p)]
+    missing = [p for p in peers if not available(p)]
     peers = [p for p in peers if p not in missing]
     if missing:
         print(f"not installed (run `make bench`): {', '.join(missing)}")
@@ -225,14 +199,14 @@ def main() -> None:
             )
         if "torchattacks" in peers:
             limit = 0.8 if name == "mnist_cnn" else 1.05
-            r = _paired(times, "advex", "torchattacks")
+            r = paired(times, "advex", "torchattacks")
             verdicts.append(
                 f"{name}: time advex/torchattacks {r:.2f}× (target ≤ {limit}×): "
                 f"{'PASS' if r <= limit else 'FAIL'}"
             )
             fastest = min(sec[p] for p in peers)
             verdicts.append(f"{name}: time advex/fastest peer {sec['advex'] / fastest:.2f}×")
-        o = _paired(times, "advex (no early stop)", "floor (40 fwd+bwd)")
+        o = paired(times, "advex (no early stop)", "floor (40 fwd+bwd)")
         verdicts.append(
             f"{name}: overhead advex (no early stop)/floor {o:.2f}× (target ≤ 1.10×): "
             f"{'PASS' if o <= 1.10 else 'FAIL'}"

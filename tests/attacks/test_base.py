@@ -134,6 +134,76 @@ def test_tracker_value_and_grad(bump_tracker) -> None:
     torch.testing.assert_close(values_p, values - 0.1)
 
 
+def test_min_norm_tracker_does_not_stop_at_the_first_success(bump_tracker) -> None:
+    """select='distance' without eps: a success keeps the sample active (it may get closer)."""
+    run = bump_tracker(ThreatModel("l2"), n=2, select="distance")
+    with torch.no_grad():
+        run.forward(run.x + torch.tensor([[0.06], [0.0]]))
+    assert run.done.tolist() == [False, False]
+    assert run.best_success.tolist() == [True, False]
+    (d,) = run.shrink(torch.zeros(2, 1))
+    assert run.n_active == 2 and d.shape == (2, 1)
+    with torch.no_grad():
+        run.forward(run.x + torch.tensor([[0.03], [0.0]]))  # closer and still adversarial
+    torch.testing.assert_close(run.best_distance[0], torch.tensor(0.03))
+
+
+def test_min_norm_tracker_with_eps_stops_inside_the_ball(bump_tracker) -> None:
+    """select='distance' with eps: a success inside the ball finishes the sample."""
+    run = bump_tracker(ThreatModel("l2", 0.05), n=2, select="distance")
+    with torch.no_grad():
+        run.forward(run.x + torch.tensor([[0.06], [0.03]]))  # outside the ball / inside
+    assert run.done.tolist() == [False, True]
+    assert run.best_success.tolist() == [False, True]  # the 0.06 point is never recorded
+
+
+def test_min_norm_tracker_rounds_to_the_nearest_grid_value(bump) -> None:
+    """Without eps the quantized view is the nearest grid value (toward x would lose ground)."""
+    run = Tracker(
+        Classifier(bump),
+        torch.full((1, 1), 128 / 255),
+        torch.zeros(1, dtype=torch.long),
+        None,
+        ThreatModel("l2", levels=256),
+        generator=torch.Generator(),
+        select="distance",
+    )
+    with torch.no_grad():
+        run.forward(run.x + 12.7 / 255)  # nearest: 141/255
+    assert torch.equal(run.best, torch.tensor([[141 / 255]]))
+
+
+def test_tracker_retire(bump_tracker) -> None:
+    run = bump_tracker(ThreatModel("l2"), n=3, select="distance")
+    extra = torch.arange(3.0)
+    run.retire(torch.tensor([False, True, False]))
+    (extra,) = run.shrink(extra)
+    assert run.rows.tolist() == [0, 2] and extra.tolist() == [0.0, 2.0]
+    run.retire(torch.tensor([True, False]))
+    (extra,) = run.shrink(extra)
+    assert run.rows.tolist() == [2] and extra.tolist() == [2.0]
+    with pytest.raises(ValueError, match="finished"):
+        run.retire(torch.tensor([True, False]))
+
+
+def test_tracker_jacobian_of_a_linear_model() -> None:
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
+    x = 0.1 + 0.8 * torch.rand(5, 1, 2, 3)
+    with torch.no_grad():
+        y = module(x).argmax(dim=1)
+    run = Tracker(Classifier(module), x, y, None, ThreatModel("l2"), generator=torch.Generator())
+    classes = torch.stack([y, (y + 1) % 4, (y + 3) % 4], dim=1)
+    logits, jac = run.jacobian(run.x + 0.01, classes)
+    assert jac.shape == (5, 3, 1, 2, 3)
+    weight = module[1].weight.detach()
+    torch.testing.assert_close(jac.flatten(2), weight[classes])
+    torch.testing.assert_close(logits, module(x + 0.01).detach())
+    assert run.queries.tolist() == [2] * 5 and run.gradients.tolist() == [3] * 5
+    with pytest.raises(ValueError, match="classes"):
+        run.jacobian(run.x, y)
+
+
 def test_tracker_steps_and_restarts(bump_tracker) -> None:
     run = bump_tracker(ThreatModel("linf", 0.1), n=3, early_stop=False)
     restarts = []

@@ -168,7 +168,9 @@ def grid_plan(
     Args:
         attacks: catalogue names; default ``DEFAULT_ATTACKS``.
         norm: one norm; default 'linf'.
-        eps: budgets; default ``DEFAULT_EPS[norm]``.
+        eps: budgets; default ``DEFAULT_EPS[norm]`` — except for minimum-norm attacks
+            (those that do not need an eps), which then run once with ``eps=None`` and report
+            the smallest perturbation they find per sample.
         steps: number of steps for every attack that takes ``steps`` (ignored by the others).
         params: extra keyword arguments per attack name.
 
@@ -182,7 +184,7 @@ def grid_plan(
     for name in names:
         _attack_class(name)
     canonical = parse_norm(norm if norm is not None else "linf")
-    budgets = list(DEFAULT_EPS[canonical] if eps is None else eps)
+    budgets: list[float | None] = list(DEFAULT_EPS[canonical] if eps is None else eps)
     if not budgets:
         raise ValueError("eps: expected at least one value")
     extra = params or {}
@@ -194,7 +196,8 @@ def grid_plan(
         if steps is not None and accepts(name, "steps"):
             kwargs["steps"] = steps
         kwargs.update(extra.get(name, {}))
-        for e in _unique(budgets):
+        minimum_norm = eps is None and not ATTACKS[name].needs_eps
+        for e in [None] if minimum_norm else _unique(budgets):
             plan.append(PlanEntry(name, canonical, e, kwargs))
     return plan
 
