@@ -96,7 +96,10 @@ def _foolbox(attack_of: Callable[[], object]) -> Runner:
         outs = []
         for xb, yb in batches(x, y, bs):
             _, clipped, _ = attack(fmodel, xb, yb, epsilons=None)  # type: ignore[operator]
-            outs.append(clipped)
+            # Foolbox's C&W returns an all-zero image where it found nothing; that placeholder
+            # is not a result of the attack, so it counts as a failure (x returned unchanged).
+            empty = clipped.flatten(1).abs().amax(1) == 0
+            outs.append(torch.where(empty.reshape(-1, 1, 1, 1), xb, clipped))
         return torch.cat(outs)
 
     return run

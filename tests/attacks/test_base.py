@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from advex import Classifier, ThreatModel
-from advex.attacks import ATTACKS, BIM, FGSM, ILLC, PGD, FakeImage, Tracker
+from advex.attacks import ATTACKS, BIM, FGSM, ILLC, PGD, FakeImage, MinNormAttack, Tracker
 from advex.model import ProbabilityOutputWarning
 
 
@@ -384,10 +384,12 @@ def test_params_and_repr() -> None:
 
 
 def test_catalogue() -> None:
-    assert {
-        "fgsm": FGSM,
-        "bim": BIM,
-        "illc": ILLC,
-        "pgd": PGD,
-        "fake_image": FakeImage,
-    } == ATTACKS
+    fixed = {"fgsm", "bim", "illc", "pgd", "fake_image"}
+    minimum_norm = {"deepfool", "cw_l2", "cw_linf", "cw_l0", "jsma", "lbfgs"}
+    assert set(ATTACKS) == fixed | minimum_norm
+    assert ATTACKS["pgd"] is PGD and ATTACKS["fgsm"] is FGSM and ATTACKS["bim"] is BIM
+    assert ATTACKS["illc"] is ILLC and ATTACKS["fake_image"] is FakeImage
+    for name, cls in ATTACKS.items():
+        assert cls.name == name
+        assert issubclass(cls, MinNormAttack) == (name in minimum_norm)
+        assert cls.needs_eps == (name in fixed - {"fake_image"})

@@ -49,6 +49,21 @@ def test_adam_per_sample_learning_rates() -> None:
     torch.testing.assert_close(w, torch.tensor([[-0.1], [0.0]]), atol=1e-6, rtol=0)
 
 
+def test_adam_restarts_rows_independently() -> None:
+    """A restarted row behaves like a fresh Adam; the other rows carry on."""
+    g = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    a, fresh = Adam(0.1), Adam(0.1)
+    w = torch.zeros(2, 2)
+    for _ in range(3):
+        w = a.step(w, g * torch.tensor([[1.0], [-1.0]]))
+    a.reset(torch.tensor([True, False]))
+    w1 = a.step(w, g)
+    w_fresh = fresh.step(w[:1], g[:1])
+    torch.testing.assert_close(w1[:1], w_fresh)
+    a.keep(torch.tensor([False, True]))
+    assert a.m is not None and a.m.shape == (1, 2) and a.t is not None and a.t.tolist() == [4]
+
+
 def test_adam_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="lr"):
         Adam(0.0)

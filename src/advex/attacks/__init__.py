@@ -1,11 +1,36 @@
 """Attacks: each is configured with a ThreatModel and called as ``attack(model, x, y, target)``."""
 
-from advex.attacks.base import Attack, Tracker
+from advex.attacks.base import Attack, MinNormAttack, Tracker
+from advex.attacks.cw import CWL2
+from advex.attacks.cw_l0 import CWL0
+from advex.attacks.cw_linf import CWLinf
+from advex.attacks.deepfool import DeepFool
 from advex.attacks.fgsm import FGSM
+from advex.attacks.jsma import JSMA
+from advex.attacks.lbfgs import LBFGS
 from advex.attacks.pgd import BIM, ILLC, PGD
 from advex.attacks.visualize import FakeImage
 
-__all__ = ["ATTACKS", "BIM", "FGSM", "ILLC", "PGD", "Attack", "FakeImage", "Tracker"]
+__all__ = [
+    "ATTACKS",
+    "BIM",
+    "CWL0",
+    "CWL2",
+    "FGSM",
+    "ILLC",
+    "JSMA",
+    "LBFGS",
+    "PGD",
+    "Attack",
+    "CWLinf",
+    "DeepFool",
+    "FakeImage",
+    "MinNormAttack",
+    "Tracker",
+]
 
 #: The catalogue: name → class, for the CLI and for browsing.
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, BIM, ILLC, PGD, FakeImage)}
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls
+    for cls in (FGSM, BIM, ILLC, PGD, FakeImage, DeepFool, CWL2, CWLinf, CWL0, JSMA, LBFGS)
+}

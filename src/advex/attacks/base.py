@@ -364,7 +364,7 @@ class Attack(abc.ABC):
             target = target.to(clf.device)
         if clf.num_classes is None and isinstance(x, Tensor) and x.ndim >= 2 and len(x):
             with torch.no_grad(), clf.attacking():
-                clf(x[:1].float())
+                clf(x[:1] if x.is_floating_point() else x[:1].float())
         x, y, target = check_inputs(
             x, y, bounds=self.threat.bounds, num_classes=clf.num_classes, target=target
         )
