@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from advex import ThreatModel
-from advex.attacks.deepfool import DeepFool, rho_adv
+from advex.attacks.deepfool import DeepFool
+from advex.evaluate.metrics import rho_adv
 
 WIDE = (-10.0, 10.0)  # the box never binds: the unconstrained closed forms hold
 

@@ -13,7 +13,21 @@ import torch
 from torch import nn
 
 from advex import AttackResult, ThreatModel
-from advex.attacks import BIM, CWL0, CWL2, FGSM, ILLC, JSMA, LBFGS, PGD, CWLinf, DeepFool, FakeImage
+from advex.attacks import (
+    BIM,
+    CWL0,
+    CWL2,
+    EAD,
+    FGSM,
+    FMN,
+    ILLC,
+    JSMA,
+    LBFGS,
+    PGD,
+    CWLinf,
+    DeepFool,
+    FakeImage,
+)
 from advex.attacks.base import Attack
 from advex.result import ball_tolerance
 
@@ -30,14 +44,25 @@ NORMS = {
     "cw_l0": ("l0",),
     "jsma": ("l0",),
     "lbfgs": ("l2",),
+    "fmn": ("linf", "l2", "l1", "l0"),
+    "ead": ("l1",),
 }
 TARGETED = {"fgsm": (False, True), "pgd": (False, True), "bim": (False, True), "illc": (False,)}
 TARGETED["fake_image"] = (True,)
 TARGETED |= {"deepfool": (False,), "jsma": (True,)}
-TARGETED |= {a: (False, True) for a in ("cw_l2", "cw_linf", "cw_l0", "lbfgs")}
+TARGETED |= {a: (False, True) for a in ("cw_l2", "cw_linf", "cw_l0", "lbfgs", "fmn", "ead")}
 RANDOMIZED = {"pgd", "fake_image"}  # the others do not use the generator at all
 
-MIN_NORM = {"deepfool", "cw_l2", "cw_linf", "cw_l0", "jsma", "lbfgs"}  # also run with eps=None
+MIN_NORM = {
+    "deepfool",
+    "cw_l2",
+    "cw_linf",
+    "cw_l0",
+    "jsma",
+    "lbfgs",
+    "fmn",
+    "ead",
+}  # also run with eps=None
 
 CASES = [
     pytest.param(
@@ -85,6 +110,10 @@ def make(
         return CWL0(threat, steps=5, initial_const=1.0, largest_const=4.0, seed=seed)
     if attack == "jsma":
         return JSMA(threat, seed=seed)
+    if attack == "fmn":
+        return FMN(threat, steps=10, seed=seed)
+    if attack == "ead":
+        return EAD(threat, steps=10, binary_search_steps=3, seed=seed)
     if attack == "lbfgs":
         return LBFGS(threat, search_steps=3, max_iter=5, seed=seed)
     return FakeImage(threat, steps=5, seed=seed)
@@ -233,7 +262,7 @@ def test_model_state_untouched(
     assert all(torch.equal(a, b) for a, b in zip(params, tiny_cnn.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("attack", ["fgsm", "pgd", "bim", "fake_image", "deepfool", "cw_l2"])
+@pytest.mark.parametrize("attack", ["fgsm", "pgd", "bim", "fake_image", "deepfool", "cw_l2", "fmn"])
 def test_other_bounds_and_grid(attack: str) -> None:
     """Bounds (−1, 1) with 256 levels: the grid is −1 + 2k/255, the box [−1, 1]."""
     torch.manual_seed(0)
@@ -245,7 +274,7 @@ def test_other_bounds_and_grid(attack: str) -> None:
     targeted = attack == "fake_image"
     threat = ThreatModel("l2", 1.0, bounds=(-1.0, 1.0), levels=256, targeted=targeted)
     kinds = {"fgsm": FGSM, "pgd": PGD, "bim": BIM, "fake_image": FakeImage, "deepfool": DeepFool}
-    kind = CWL2 if attack == "cw_l2" else kinds[attack]
+    kind = {"cw_l2": CWL2, "fmn": FMN}.get(attack) or kinds[attack]
     kw = {} if attack == "fgsm" else {"steps": 5}
     target = (y + 1) % 5 if targeted else None
     res = kind(threat, **kw)(model, x, y, target)

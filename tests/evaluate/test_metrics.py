@@ -93,3 +93,14 @@ def test_worst_case_rejects_mixed_inputs() -> None:
 def test_json_safe() -> None:
     value = {"a": float("nan"), "b": (1, float("inf")), 3: [2.5]}
     assert json_safe(value) == {"a": None, "b": [1, None], "3": [2.5]}
+
+
+def test_summary_row_of_a_minimum_norm_l2_entry_has_rho_adv() -> None:
+    """ρ_adv = mean ‖x_adv − x‖₂/‖x‖₂ over clean-correct samples the attack broke."""
+    res = _result([1, 0, 2, 3], [0, 0, 2, 1], [0, 0, 2, 3])  # broken: 0 (correct), 3 (clean wrong)
+    x = torch.full((4, 1, 2, 2), 0.5)  # ‖x‖₂ = 1; x_adv = 0 → ratio 1 for every sample
+    entry = PlanEntry("deepfool", "l2", None)
+    row = summary_row("m", entry, res, x)
+    assert row["rho_adv"] == pytest.approx(1.0)
+    assert "rho_adv" not in summary_row("m", PlanEntry("pgd", "l2", 1.0), res, x)
+    assert "rho_adv" not in summary_row("m", entry, res)

@@ -140,3 +140,12 @@ def test_accepts() -> None:
     assert set(ATTACKS) >= {"fgsm", "pgd"}
     with pytest.raises(ValueError, match="unknown attack"):
         accepts("nope", "steps")
+
+
+def test_grid_plan_runs_minimum_norm_attacks_once_without_eps() -> None:
+    plan = grid_plan(["pgd", "deepfool"], "l2", steps=5)
+    assert [(e.attack, e.eps) for e in plan if e.attack == "deepfool"] == [("deepfool", None)]
+    assert [e.eps for e in plan if e.attack == "pgd"] == list(DEFAULT_EPS["l2"])
+    # with explicit budgets, a minimum-norm attack answers "is there one inside ε?" per budget
+    plan = grid_plan(["deepfool"], "l2", [0.5, 1.0])
+    assert [e.eps for e in plan] == [0.5, 1.0]

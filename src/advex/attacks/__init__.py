@@ -5,7 +5,9 @@ from advex.attacks.cw import CWL2
 from advex.attacks.cw_l0 import CWL0
 from advex.attacks.cw_linf import CWLinf
 from advex.attacks.deepfool import DeepFool
+from advex.attacks.ead import EAD
 from advex.attacks.fgsm import FGSM
+from advex.attacks.fmn import FMN
 from advex.attacks.jsma import JSMA
 from advex.attacks.lbfgs import LBFGS
 from advex.attacks.pgd import BIM, ILLC, PGD
@@ -16,7 +18,9 @@ __all__ = [
     "BIM",
     "CWL0",
     "CWL2",
+    "EAD",
     "FGSM",
+    "FMN",
     "ILLC",
     "JSMA",
     "LBFGS",
@@ -32,5 +36,19 @@ __all__ = [
 #: The catalogue: name → class, for the CLI and for browsing.
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (FGSM, BIM, ILLC, PGD, FakeImage, DeepFool, CWL2, CWLinf, CWL0, JSMA, LBFGS)
+    for cls in (
+        FGSM,
+        BIM,
+        ILLC,
+        PGD,
+        FakeImage,
+        DeepFool,
+        CWL2,
+        CWLinf,
+        CWL0,
+        JSMA,
+        LBFGS,
+        FMN,
+        EAD,
+    )
 }

@@ -54,10 +54,9 @@ import torch
 from torch import Tensor
 
 from advex.attacks.base import MinNormAttack, Tracker
-from advex.result import AttackResult
 from advex.threat import ThreatModel
 
-__all__ = ["DeepFool", "rho_adv"]
+__all__ = ["DeepFool"]
 
 _MARGIN = 1e-4  # added to |f_l| so the linearized step crosses the boundary
 _TINY = 1e-12
@@ -186,20 +185,3 @@ def _candidate_classes(clean_logits: Tensor, y: Tensor, k: int) -> Tensor:
     others = clean_logits.detach().scatter(1, y.unsqueeze(1), -math.inf)
     top = others.topk(k - 1, dim=1).indices
     return torch.cat([y.unsqueeze(1), top], dim=1)
-
-
-def rho_adv(result: AttackResult, x: Tensor) -> float:
-    """DeepFool's robustness measure ρ̂_adv: the mean of ‖x_adv − x‖₂ / ‖x‖₂.
-
-    The mean runs over samples the model classifies correctly and the attack broke (NaN if
-    there are none); ``x`` are the clean inputs the result was computed on.
-    """
-    if x.shape != result.x_adv.shape:
-        raise ValueError(f"x: expected shape {tuple(result.x_adv.shape)}, got {tuple(x.shape)}")
-    mask = result.success & result.clean_correct
-    if not bool(mask.any()):
-        return math.nan
-    x = x.to(result.x_adv.device)
-    delta = (result.x_adv - x).flatten(1).double().norm(dim=1)
-    size = x.flatten(1).double().norm(dim=1)
-    return float((delta[mask] / size[mask].clamp_min(_TINY)).mean())

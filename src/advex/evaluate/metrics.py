@@ -8,7 +8,9 @@ For n samples with labels y, clean predictions c and predictions p on the attack
 * median distance = median ‖x_adv − x‖ over the samples the attack broke;
 * worst-case robust accuracy at one (norm, ε) over several attacks on the same samples:
   #{p_a = y for every attack a}/n — a sample is robust only if no attack broke it, so it is
-  never above any single attack's robust accuracy.
+  never above any single attack's robust accuracy;
+* ρ_adv (DeepFool's empirical robustness) = mean ‖x_adv − x‖₂/‖x‖₂ over the clean-correct
+  samples a minimum-norm attack broke.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor
 from advex.evaluate.plan import PlanEntry
 from advex.result import AttackResult
 
-__all__ = ["accuracy", "json_safe", "summary_row", "worst_case_row"]
+__all__ = ["accuracy", "json_safe", "rho_adv", "summary_row", "worst_case_row"]
 
 
 def accuracy(pred: Tensor, y: Tensor) -> float:
@@ -33,11 +35,14 @@ def accuracy(pred: Tensor, y: Tensor) -> float:
     return float((pred == y).float().mean()) if y.numel() else math.nan
 
 
-def summary_row(model: str, entry: PlanEntry, result: AttackResult) -> dict[str, Any]:
+def summary_row(
+    model: str, entry: PlanEntry, result: AttackResult, x: Tensor | None = None
+) -> dict[str, Any]:
     """One results row: the model, the plan entry and ``result.to_dict()``'s summary.
 
     ``params`` are all the attack's settings; ``plan_params`` only those the plan entry set.
-    Adds ``label``, ``n_clean_correct`` and ``n_robust`` (counts behind the two accuracies).
+    Adds ``label``, ``n_clean_correct`` and ``n_robust`` (counts behind the two accuracies); for
+    a minimum-norm L2 entry (``eps`` None) with the clean inputs ``x`` given, also ``rho_adv``.
     """
     row: dict[str, Any] = {"model": model, "label": entry.label}
     row.update(result.to_dict())
@@ -47,6 +52,8 @@ def summary_row(model: str, entry: PlanEntry, result: AttackResult) -> dict[str,
     row["plan_params"] = dict(entry.params)
     row["n_clean_correct"] = int(result.clean_correct.sum())
     row["n_robust"] = int((result.pred == result.y).sum())
+    if x is not None and entry.eps is None and entry.norm == "l2":
+        row["rho_adv"] = rho_adv(result, x)
     return json_safe(row)
 
 
@@ -92,3 +99,20 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def rho_adv(result: AttackResult, x: Tensor) -> float:
+    """DeepFool's robustness measure ρ̂_adv: the mean of ‖x_adv − x‖₂ / ‖x‖₂.
+
+    The mean runs over samples the model classifies correctly and the attack broke (NaN if
+    there are none); ``x`` are the clean inputs the result was computed on.
+    """
+    if x.shape != result.x_adv.shape:
+        raise ValueError(f"x: expected shape {tuple(result.x_adv.shape)}, got {tuple(x.shape)}")
+    mask = result.success & result.clean_correct
+    if not bool(mask.any()):
+        return math.nan
+    x = x.to(result.x_adv.device)
+    delta = (result.x_adv - x).flatten(1).double().norm(dim=1)
+    size = x.flatten(1).double().norm(dim=1)
+    return float((delta[mask] / size[mask].clamp_min(1e-12)).mean())

@@ -80,7 +80,7 @@ class EvaluationResult:
 
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per (model, attack, norm, eps) (see ``metrics.summary_row``)."""
-        return [summary_row(r.model, r.entry, r.result) for r in self.records]
+        return [summary_row(r.model, r.entry, r.result, self.x) for r in self.records]
 
     def worst_case(self) -> list[dict[str, Any]]:
         """Per (model, norm, eps) run by two or more attacks: the per-sample worst case."""
