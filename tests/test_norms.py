@@ -541,3 +541,21 @@ def test_round_to_grid_is_nearest_grid_value() -> None:
     assert float((r - x).abs().max()) <= 0.5 / 255 + 1e-7
     assert torch.equal(round_to_grid(r, threat), r)
     assert torch.equal(round_to_grid(x, ThreatModel("linf", 0.1)), x)
+
+
+def test_l2_newton_projection_equals_the_sorted_one() -> None:
+    """The iterative L2 ∩ box projection agrees with the closed-form sort-based one, on many
+    elements at the lower bound (as on MNIST) and on a few with a huge dynamic range."""
+    from advex.norms import _project_l2, _project_l2_sorted, box_limits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, 6, 6, generator=g)
+    x[x < 0.4] = 0.0
+    v = torch.randn(60, 1, 6, 6, generator=g) * torch.rand(60, 1, 1, 1, generator=g)
+    v[:5] *= torch.logspace(-6, 3, 36).reshape(1, 1, 6, 6)
+    eps = (torch.rand(60, 1, generator=g) * 3).double().float()
+    lo, hi = (t.flatten(1) for t in box_limits(x, (0.0, 1.0)))
+    newton = _project_l2(v.flatten(1), eps, lo, hi)
+    exact = _project_l2_sorted(v.flatten(1), eps, lo, hi)
+    torch.testing.assert_close(newton, exact, atol=2e-6, rtol=0)
+    assert bool((newton.norm(dim=1, keepdim=True) <= eps * (1 + 1e-6)).all())

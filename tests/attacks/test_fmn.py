@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from advex import ThreatModel
-from advex.attacks.fmn import FMN, _project_l0, _project_l2
-from advex.norms import lp_norm, project_ball
+from advex.attacks.fmn import FMN
 
 WIDE = (-10.0, 10.0)  # a box that never binds: the linear problem has a closed form
 
@@ -99,24 +98,6 @@ def test_untargeted_breaks_the_trained_model_with_small_perturbations(digits) ->
     assert bool(res.success.all())
     # the digits are 8×8 in [0, 1]: a perturbation of norm 8 could replace the image entirely
     assert res.median_distance < 2.0
-
-
-@pytest.mark.parametrize("norm", ["l2", "l0"])
-def test_private_projections_match_the_exact_ones(norm: str) -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(40, 1, 6, 6, generator=g)
-    x[x < 0.4] = 0.0  # many elements on the lower bound, as on MNIST
-    v = torch.randn(40, 1, 6, 6, generator=g) * torch.rand(40, 1, 1, 1, generator=g)
-    if norm == "l2":
-        eps = torch.rand(40, generator=g) * 3
-        out = _project_l2(v, x, eps, (0.0, 1.0))
-        assert bool((lp_norm(out, "l2") <= eps * (1 + 1e-5) + 1e-6).all())
-    else:
-        eps = torch.randint(0, 36, (40,), generator=g).float()
-        out = _project_l0(v, x, eps, (0.0, 1.0))
-        assert bool((lp_norm(out, "l0") <= eps).all())
-    assert bool(((x + out >= -1e-7) & (x + out <= 1 + 1e-7)).all())
-    torch.testing.assert_close(out, project_ball(v, x, norm, eps, (0.0, 1.0)), atol=1e-6, rtol=0)
 
 
 def test_eps_threat_returns_points_inside_the_ball(digits) -> None:

@@ -44,6 +44,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import MinNormAttack, Tracker
 from advex.attacks.losses import margin
 from advex.attacks.optim import Adam
@@ -97,32 +98,6 @@ def squared_l2(delta: Tensor) -> Tensor:
     return delta.flatten(1).square().sum(dim=1)
 
 
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_kappa(value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value >= 0)
-    ):
-        raise ValueError(f"kappa: expected a finite number ≥ 0, got {value!r}")
-    return float(value)
-
-
 # ----- the L2 attack --------------------------------------------------------------------------
 class CWL2(MinNormAttack):
     """Carlini & Wagner L2: tanh box, Adam on ‖δ‖₂² + c·f, per-sample binary search over c.
@@ -156,11 +131,11 @@ class CWL2(MinNormAttack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
-        self.steps = check_positive_int("steps", steps)
-        self.step_size = check_positive("step_size", step_size)
-        self.initial_const = check_positive("initial_const", initial_const)
-        self.kappa = check_kappa(kappa)
+        self.binary_search_steps = checks.positive_int("binary_search_steps", binary_search_steps)
+        self.steps = checks.positive_int("steps", steps)
+        self.step_size = checks.positive("step_size", step_size)
+        self.initial_const = checks.positive("initial_const", initial_const)
+        self.kappa = checks.non_negative("kappa", kappa)
         self.abort_early = bool(abort_early)
 
     def _run(self, run: Tracker) -> None:

@@ -45,12 +45,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import MinNormAttack, Tracker
 from advex.attacks.cw import (
     TanhBox,
-    check_kappa,
-    check_positive,
-    check_positive_int,
     hinge,
     squared_l2,
 )
@@ -105,19 +103,19 @@ class CWL0(MinNormAttack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        self.steps = check_positive_int("steps", steps)
-        self.step_size = check_positive("step_size", step_size)
-        self.initial_const = check_positive("initial_const", initial_const)
-        self.largest_const = check_positive("largest_const", largest_const)
+        self.steps = checks.positive_int("steps", steps)
+        self.step_size = checks.positive("step_size", step_size)
+        self.initial_const = checks.positive("initial_const", initial_const)
+        self.largest_const = checks.positive("largest_const", largest_const)
         if self.largest_const <= self.initial_const:
             raise ValueError(
                 f"largest_const: expected a number > initial_const={initial_const!r}, "
                 f"got {largest_const!r}"
             )
-        self.const_factor = check_positive("const_factor", const_factor)
+        self.const_factor = checks.positive("const_factor", const_factor)
         if self.const_factor <= 1:
             raise ValueError(f"const_factor: expected a number > 1, got {const_factor!r}")
-        self.kappa = check_kappa(kappa)
+        self.kappa = checks.non_negative("kappa", kappa)
         self.one_at_a_time = bool(one_at_a_time)
         self.independent_channels = bool(independent_channels)
         self.abort_early = bool(abort_early)

@@ -53,6 +53,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import MinNormAttack, Tracker
 from advex.threat import ThreatModel
 
@@ -82,15 +83,8 @@ class DeepFool(MinNormAttack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-        if (
-            isinstance(overshoot, bool)
-            or not isinstance(overshoot, int | float)
-            or not math.isfinite(overshoot)
-            or overshoot < 0
-        ):
-            raise ValueError(f"overshoot: expected a number >= 0, got {overshoot!r}")
+        checks.positive_int("steps", steps)
+        checks.non_negative("overshoot", overshoot)
         if candidates is not None and (
             isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2
         ):

@@ -46,6 +46,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import MinNormAttack, Tracker
 from advex.attacks.losses import margin
 from advex.attacks.search import ConstantSearch
@@ -116,22 +117,15 @@ class EAD(MinNormAttack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        for name, count in (("steps", steps), ("binary_search_steps", binary_search_steps)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {count!r}")
+        checks.positive_int("steps", steps)
+        checks.positive_int("binary_search_steps", binary_search_steps)
         for name, value in (
             ("step_size", step_size),
             ("initial_const", initial_const),
             ("beta", beta),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name}: expected a number > 0, got {value!r}")
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: expected a number > 0, got {value!r}")
-        if isinstance(kappa, bool) or not isinstance(kappa, int | float):
-            raise ValueError(f"kappa: expected a number >= 0, got {kappa!r}")
-        if not (math.isfinite(kappa) and kappa >= 0):
-            raise ValueError(f"kappa: expected a number >= 0, got {kappa!r}")
+            checks.positive(name, value)
+        checks.non_negative("kappa", kappa)
         self.steps = steps
         self.binary_search_steps = binary_search_steps
         self.step_size = float(step_size)

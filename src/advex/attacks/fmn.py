@@ -50,6 +50,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import MinNormAttack, Tracker
 from advex.attacks.losses import margin
 from advex.norms import box_limits, lp_norm, project_ball
@@ -60,71 +61,15 @@ __all__ = ["FMN"]
 
 _DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
 _TINY = 1e-12
-_NEWTON_STEPS = 20
 
 #: α₀ per norm when ``step_size`` is None (α_K = α₀/100 unless given); see ``FMN``. For L0 it
 #: is multiplied by (hi − lo)·√d at run time.
 _STEP_SIZE = {"linf": 1.0, "l2": 4.0, "l1": 1.0, "l0": 10.0}
 
 
-def _project_l2(delta: Tensor, x: Tensor, eps: Tensor, bounds: tuple[float, float]) -> Tensor:
-    """Exact projection onto {‖δ‖₂ ≤ ε} ∩ box by an active-set Newton iteration (no sort).
-
-    The solution is clip(s·v) for the s ∈ (0, 1] with ‖clip(s·v)‖₂ = ε (or s = 1 when clip(v)
-    is inside). Starting from s = ε/‖v‖₂, with B the saturated and A the free squared mass at s,
-    s² ← (ε² − B)/A never overshoots (saturation only lowers ‖clip(s·v)‖), so every iterate is
-    feasible; s increases monotonically and stops once the saturated set no longer changes
-    (3–4 iterations in practice; checked against ``advex.norms.project_ball`` in the tests).
-    """
-    lo, hi = (t.flatten(1) for t in box_limits(x, bounds))
-    v = delta.flatten(1)
-    a2 = v.square()
-    b2 = torch.where(v > 0, hi, -lo).clamp_min(0).square()
-    # element i saturates (|s·v_i| ≥ b_i) once s² ≥ b_i²/v_i²
-    ratio = b2 / a2.clamp_min(_TINY)
-    total_a2 = a2.sum(dim=1, keepdim=True)
-    eps2 = eps.reshape(-1, 1).square()
-    s2 = (eps2 / total_a2.clamp_min(_TINY)).clamp(max=1.0)
-    for _ in range(_NEWTON_STEPS):
-        sat = (ratio <= s2).to(v.dtype)
-        sat_b2 = (b2 * sat).sum(dim=1, keepdim=True)
-        free_a2 = total_a2 - (a2 * sat).sum(dim=1, keepdim=True)
-        nxt = ((eps2 - sat_b2).clamp_min(0) / free_a2.clamp_min(_TINY)).clamp(max=1.0)
-        nxt = torch.where(free_a2 > _TINY, torch.maximum(nxt, s2), s2)
-        done = bool((nxt <= s2 * (1 + 1e-6)).all())
-        s2 = nxt
-        if done:
-            break
-    out = torch.minimum(torch.maximum(s2.sqrt() * v, lo), hi)
-    return out.reshape(delta.shape)
-
-
-def _project_l0(delta: Tensor, x: Tensor, eps: Tensor, bounds: tuple[float, float]) -> Tensor:
-    """Exact projection onto {‖δ‖₀ ≤ ε} ∩ box with one sort: clip to the box, then keep the ε
-    coordinates whose clipped value lowers ‖δ − v‖₂² the most (gain v² − (v − clip(v))²)."""
-    lo, hi = (t.flatten(1) for t in box_limits(x, bounds))
-    v = delta.flatten(1)
-    clipped = torch.minimum(torch.maximum(v, lo), hi)
-    gain = v.square() - (v - clipped).square()
-    order = gain.argsort(dim=1, descending=True)
-    first = torch.arange(v.shape[1], device=v.device).unsqueeze(0) < eps.reshape(-1, 1).round()
-    keep = torch.zeros_like(first).scatter(1, order, first)
-    return torch.where(keep, clipped, torch.zeros_like(clipped)).reshape(delta.shape)
-
-
 def _cosine(start: float, end: float, k: int, n: int) -> float:
     """Cosine annealing from ``start`` (k = 0) toward ``end`` (k = n)."""
     return end + (start - end) * (1 + math.cos(math.pi * k / n)) / 2
-
-
-def _check_positive(name: str, value: float | None) -> None:
-    if value is not None and (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
 
 
 class FMN(MinNormAttack):
@@ -170,13 +115,12 @@ class FMN(MinNormAttack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-        _check_positive("step_size", step_size)
-        _check_positive("final_step_size", final_step_size)
-        for name, value in (("gamma", gamma), ("final_gamma", final_gamma)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-                raise ValueError(f"{name}: expected a number in (0, 1), got {value!r}")
+        checks.positive_int("steps", steps)
+        for name, value in (("step_size", step_size), ("final_step_size", final_step_size)):
+            if value is not None:
+                checks.positive(name, value)
+        checks.fraction("gamma", gamma)
+        checks.fraction("final_gamma", final_gamma)
         self.steps = steps
         self.step_size = None if step_size is None else float(step_size)
         self.final_step_size = None if final_step_size is None else float(final_step_size)
@@ -243,12 +187,7 @@ class FMN(MinNormAttack):
                 if norm == "l2":
                     step = step * eps.view(view)
             delta = delta + alpha * step
-            if norm == "l2":
-                delta = _project_l2(delta, x, eps, threat.bounds)
-            elif norm == "l0":
-                delta = _project_l0(delta, x, eps, threat.bounds)
-            else:
-                delta = project_ball(delta, x, norm, eps, threat.bounds)
+            delta = project_ball(delta, x, norm, eps, threat.bounds)
         if run.n_active:
             with torch.no_grad():
                 run.forward(run.x + delta)

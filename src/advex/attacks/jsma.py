@@ -51,6 +51,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import MinNormAttack, Tracker
 from advex.threat import ThreatModel
 
@@ -85,8 +86,7 @@ class JSMA(MinNormAttack):
             or theta == 0
         ):
             raise ValueError(f"theta: expected a non-zero number, got {theta!r}")
-        if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0 < gamma <= 1:
-            raise ValueError(f"gamma: expected a fraction in (0, 1], got {gamma!r}")
+        checks.fraction("gamma", gamma, closed=True)
         self.theta = float(theta)
         self.gamma = float(gamma)
 

@@ -59,6 +59,7 @@ from scipy.optimize import Bounds, minimize
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import MinNormAttack, Tracker
 from advex.attacks.search import ConstantSearch
 from advex.result import succeeded
@@ -231,12 +232,6 @@ class _Search(ConstantSearch):
 
 
 # ----- the attack -----------------------------------------------------------------------------
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
 class LBFGS(MinNormAttack):
     """Box-constrained L-BFGS: per sample, L-BFGS-B on c·‖δ‖₂² − log p, searching c.
 
@@ -272,22 +267,12 @@ class LBFGS(MinNormAttack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        self.search_steps = _positive_int(search_steps, "search_steps")
-        self.max_iter = _positive_int(max_iter, "max_iter")
-        self.memory = _positive_int(memory, "memory")
-        if (
-            isinstance(initial_const, bool)
-            or not isinstance(initial_const, int | float)
-            or not (math.isfinite(initial_const) and initial_const > 0)
-        ):
-            raise ValueError(f"initial_const: expected a number > 0, got {initial_const!r}")
+        self.search_steps = checks.positive_int("search_steps", search_steps)
+        self.max_iter = checks.positive_int("max_iter", max_iter)
+        self.memory = checks.positive_int("memory", memory)
+        checks.positive("initial_const", initial_const)
         self.initial_const = float(initial_const)
-        if (
-            isinstance(tol, bool)
-            or not isinstance(tol, int | float)
-            or not (math.isfinite(tol) and tol >= 0)
-        ):
-            raise ValueError(f"tol: expected a number >= 0, got {tol!r}")
+        checks.non_negative("tol", tol)
         self.tol = float(tol)
 
     def _run(self, run: Tracker) -> None:

@@ -21,14 +21,13 @@ largest margin), not the last iterate; samples stop once they succeed (``early_s
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advex.attacks import losses
+from advex.attacks import checks, losses
 from advex.attacks.base import Attack, Tracker
 from advex.norms import ascent, project, random_start
 from advex.threat import ThreatModel
@@ -57,12 +56,10 @@ class PGD(Attack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts: expected a positive integer, got {restarts!r}")
-        if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size: expected a number > 0, got {step_size!r}")
+        checks.positive_int("steps", steps)
+        checks.positive_int("restarts", restarts)
+        if step_size is not None:
+            checks.positive("step_size", step_size)
         self.steps = steps
         self.step_size = (
             float(step_size) if step_size is not None else 2.5 * threat.budget() / steps

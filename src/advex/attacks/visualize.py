@@ -21,13 +21,12 @@ default for the same reason.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from advex.attacks import losses
+from advex.attacks import checks, losses
 from advex.attacks.base import Attack, Tracker
 from advex.norms import ascent, lp_norm, project
 from advex.threat import ThreatModel
@@ -63,12 +62,9 @@ class FakeImage(Attack):
             raise ValueError(f"step: expected 'l2', 'sign' or 'raw', got {step!r}")
         if penalty_norm not in ("l2", "l1"):
             raise ValueError(f"penalty_norm: expected 'l2' or 'l1', got {penalty_norm!r}")
-        if not (isinstance(penalty, int | float) and math.isfinite(penalty) and penalty >= 0):
-            raise ValueError(f"penalty: expected a number >= 0, got {penalty!r}")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-        if not (math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size: expected a number > 0, got {step_size!r}")
+        checks.non_negative("penalty", penalty)
+        checks.positive_int("steps", steps)
+        checks.positive("step_size", step_size)
         self.steps, self.step_size, self.init = steps, float(step_size), init
         self.penalty, self.penalty_norm, self.step = float(penalty), penalty_norm, step
 

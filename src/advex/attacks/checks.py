@@ -1,0 +1,49 @@
+"""Checks of attack settings: each returns the value (converted) or raises ValueError naming it.
+
+A bool is never accepted as a number (``True`` is an ``int`` in Python), and numbers must be
+finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["fraction", "non_negative", "positive", "positive_int"]
+
+
+def _number(name: str, value: object, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return float(value)
+
+
+def positive_int(name: str, value: object) -> int:
+    """An integer ≥ 1 (steps, restarts, search steps, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+def positive(name: str, value: object) -> float:
+    """A finite number > 0 (step sizes, constants)."""
+    v = _number(name, value, "a finite number > 0")
+    if v <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return v
+
+
+def non_negative(name: str, value: object) -> float:
+    """A finite number ≥ 0 (confidence κ, overshoot, tolerances)."""
+    v = _number(name, value, "a finite number >= 0")
+    if v < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return v
+
+
+def fraction(name: str, value: object, *, closed: bool = False) -> float:
+    """A number in (0, 1), or in (0, 1] with ``closed``."""
+    interval = "(0, 1]" if closed else "(0, 1)"
+    v = _number(name, value, f"a number in {interval}")
+    if not (0 < v < 1 or (closed and v == 1)):
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return v
