@@ -216,6 +216,11 @@ def _fmt(value: float | None, pct: bool = False) -> str:
     return f"{100 * value:.1f}%" if pct else f"{value:.4g}"
 
 
+def _fmt_eps(eps: float | None) -> str:
+    """A budget for the results table: 'min' for a minimum-norm run (no eps)."""
+    return "min" if eps is None else _fmt(eps)
+
+
 # ----- advex evaluate --------------------------------------------------------------------------
 
 
@@ -410,7 +415,7 @@ def _print_rows(result: Any) -> None:
     )
     for r in rows:
         typer.echo(
-            f"{r['model']:<{width}}  {r['attack']:<10} {r['norm']:<5} {_fmt(r['eps']):>7}  "
+            f"{r['model']:<{width}}  {r['attack']:<10} {r['norm']:<5} {_fmt_eps(r['eps']):>7}  "
             f"{_fmt(r['clean_accuracy'], True):>6}  {_fmt(r['robust_accuracy'], True):>6}  "
             f"{_fmt(r['median_distance']):>8}  {r['seconds']:>7.2f}"
         )

@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_row
+from advex.evaluate.metrics import (
+    accuracy,
+    json_safe,
+    robust_accuracy_at,
+    summary_row,
+    worst_case_row,
+)
 from advex.evaluate.plan import PlanEntry
 from advex.result import AttackResult
 from advex.threat import ThreatModel
@@ -104,3 +110,13 @@ def test_summary_row_of_a_minimum_norm_l2_entry_has_rho_adv() -> None:
     assert row["rho_adv"] == pytest.approx(1.0)
     assert "rho_adv" not in summary_row("m", PlanEntry("pgd", "l2", 1.0), res, x)
     assert "rho_adv" not in summary_row("m", entry, res)
+
+
+def test_robust_accuracy_at_from_minimum_norm_distances() -> None:
+    """Distances 0, 1/3, 2/3, 1 (linspace); sample 2 failed, sample 3 was wrong from the start."""
+    res = _result([1, 0, 2, 3], [0, 1, 2, 1], [0, 1, 2, 3], eps=1.0)
+    res.success = torch.tensor([True, True, False, True])
+    # broken within ε: sample 0 from ε ≥ 0, sample 1 from ε ≥ 1/3; 2 never; 3 is a clean mistake
+    got = robust_accuracy_at(res, [0.0, 0.2, 0.5, 10.0])
+    torch.testing.assert_close(got, torch.tensor([0.5, 0.5, 0.25, 0.25], dtype=torch.float64))
+    assert robust_accuracy_at(res, torch.tensor(0.4)).shape == ()

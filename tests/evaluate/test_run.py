@@ -27,6 +27,7 @@ def evaluation(digits) -> EvaluationResult:
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     plan = grid_plan(["fgsm", "pgd"], "linf", [0.05, 0.2], steps=5)
     plan += grid_plan(["pgd"], "l2", [1.0], steps=5)
+    plan += grid_plan(["deepfool"], "l2", steps=5)  # minimum norm: once, eps=None
     x, y = digits.x[:24], digits.y[:24]
     y = y.clone()
     y[0] = (y[0] + 1) % 10  # one clean mistake for the trained model
@@ -52,7 +53,7 @@ def test_rows_are_consistent(evaluation: EvaluationResult) -> None:
         assert row["robust_accuracy"] <= row["clean_accuracy"]
         assert row["clean_accuracy"] == evaluation.clean_accuracy(row["model"])
         assert row["n"] == 24 and row["queries"] >= row["n"]
-        if row["median_distance"] is not None:
+        if row["median_distance"] is not None and row["eps"] is not None:
             assert row["median_distance"] <= row["eps"] * (1 + 1e-5) + 1e-6
     assert evaluation.clean_accuracy("mlp") == pytest.approx(23 / 24)
 
@@ -137,3 +138,12 @@ def test_report_is_self_contained_and_escaped(evaluation: EvaluationResult, tmp_
     assert "<script" not in html
     path = write_report(evaluation, tmp_path / "r.html", examples=0)
     assert "<img" in path.read_text() and "No examples requested" in path.read_text()
+
+
+def test_minimum_norm_entry_in_rows_and_report(evaluation: EvaluationResult) -> None:
+    rows = [r for r in evaluation.rows() if r["attack"] == "deepfool"]
+    assert len(rows) == 2 and all(r["eps"] is None for r in rows)
+    mlp = next(r for r in rows if r["model"] == "mlp")
+    assert 0 < mlp["rho_adv"] < 1 and mlp["median_distance"] > 0
+    html = render_report(evaluation, examples=0)
+    assert ">min<" in html  # the budget column of a minimum-norm row

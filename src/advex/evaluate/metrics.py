@@ -9,6 +9,8 @@ For n samples with labels y, clean predictions c and predictions p on the attack
 * worst-case robust accuracy at one (norm, ε) over several attacks on the same samples:
   #{p_a = y for every attack a}/n — a sample is robust only if no attack broke it, so it is
   never above any single attack's robust accuracy;
+* robust accuracy at ε from a minimum-norm result: #{c = y and not (broken with ‖δ‖ ≤ ε)}/n,
+  one curve over every ε from one run;
 * ρ_adv (DeepFool's empirical robustness) = mean ‖x_adv − x‖₂/‖x‖₂ over the clean-correct
   samples a minimum-norm attack broke.
 """
@@ -25,7 +27,14 @@ from torch import Tensor
 from advex.evaluate.plan import PlanEntry
 from advex.result import AttackResult
 
-__all__ = ["accuracy", "json_safe", "rho_adv", "summary_row", "worst_case_row"]
+__all__ = [
+    "accuracy",
+    "json_safe",
+    "rho_adv",
+    "robust_accuracy_at",
+    "summary_row",
+    "worst_case_row",
+]
 
 
 def accuracy(pred: Tensor, y: Tensor) -> float:
@@ -116,3 +125,21 @@ def rho_adv(result: AttackResult, x: Tensor) -> float:
     delta = (result.x_adv - x).flatten(1).double().norm(dim=1)
     size = x.flatten(1).double().norm(dim=1)
     return float((delta[mask] / size[mask].clamp_min(1e-12)).mean())
+
+
+def robust_accuracy_at(result: AttackResult, eps: Sequence[float] | Tensor) -> Tensor:
+    """Robust accuracy at each budget in ``eps`` implied by a minimum-norm result.
+
+    A sample counts as robust at ε when the model classifies it correctly and the attack found
+    no adversarial example within ε (its distance is > ε, or it failed). Returns a float64
+    tensor shaped like ``eps``.
+    """
+    budgets = torch.as_tensor(eps, dtype=torch.float64).cpu()
+    correct = result.clean_correct.cpu()
+    broken_at = torch.where(
+        result.success.cpu() & correct,
+        result.distance.detach().double().cpu(),
+        torch.full_like(result.distance, math.inf, dtype=torch.float64).cpu(),
+    )
+    robust = correct.unsqueeze(0) & (broken_at.unsqueeze(0) > budgets.reshape(-1, 1))
+    return robust.double().mean(dim=1).reshape(budgets.shape)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from advex.evaluate.metrics import robust_accuracy_at
 from advex.evaluate.plan import PlanEntry
 from advex.evaluate.report.plots import Curve, Example, accuracy_plot, examples_figure
 from advex.evaluate.run import EvaluationResult
@@ -166,6 +167,24 @@ def _plots_html(result: EvaluationResult) -> str:
                         clean_accuracy=result.clean_accuracy(model),
                     )
                 )
+            # minimum-norm runs (eps None) give the whole curve from their distances
+            for rec in result.records:
+                if rec.model != model or rec.entry.norm != norm or rec.entry.eps is not None:
+                    continue
+                res = rec.result
+                found = res.distance[res.success & res.clean_correct]
+                top = float(found.max()) if found.numel() else 1.0
+                grid = torch.linspace(0.0, 1.05 * top, 61)[1:]
+                curves.append(
+                    Curve(
+                        model=model,
+                        attack=f"{rec.entry.attack} (minimum norm)",
+                        eps=grid.tolist(),
+                        robust_accuracy=robust_accuracy_at(res, grid).tolist(),
+                        clean_accuracy=result.clean_accuracy(model),
+                        markers=False,
+                    )
+                )
         if curves:
             png = accuracy_plot(curves, norm)
             parts.append(f"<figure>{_img(png, f'robust accuracy against {norm} eps')}</figure>")
@@ -223,7 +242,7 @@ def render_report(
             row["model"],
             row["attack"],
             row["norm"],
-            _fmt(row["eps"]),
+            "min" if row["eps"] is None else _fmt(row["eps"]),
             _pct(row["clean_accuracy"]),
             _pct(row["robust_accuracy"]),
             _pct(row["success_rate"]),

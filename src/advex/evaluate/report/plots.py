@@ -30,6 +30,7 @@ class Curve:
     eps: Sequence[float]
     robust_accuracy: Sequence[float]
     clean_accuracy: float
+    markers: bool = True  # False for dense curves (derived from minimum-norm distances)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def accuracy_plot(curves: Sequence[Curve], norm: str) -> bytes:
             acc,
             color=colors[i],
             linestyle=_LINESTYLES[j % len(_LINESTYLES)],
-            marker=_MARKERS[j % len(_MARKERS)],
+            marker=_MARKERS[j % len(_MARKERS)] if c.markers else None,
             markersize=4,
             label=f"{c.model} · {c.attack}",
         )
