@@ -109,8 +109,8 @@ def test_evaluate_default_plan_rows(tmp_path: Path) -> None:
     ]
     assert per_model == [("fgsm", "linf", e) for e in (0.05, 0.1, 0.2, 0.3)] + [
         ("pgd", "linf", e) for e in (0.05, 0.1, 0.2, 0.3)
-    ] + [("pgd", "l2", e) for e in (1.0, 2.0, 3.0)]
-    assert len(doc["rows"]) == 22
+    ] + [("pgd", "l2", e) for e in (1.0, 2.0, 3.0)] + [("deepfool", "l2", None)]
+    assert len(doc["rows"]) == 24
 
 
 def test_evaluate_weights_file_with_arch(tmp_path: Path) -> None:

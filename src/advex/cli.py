@@ -295,8 +295,9 @@ def evaluate(
         str | None,
         typer.Option(
             help="Comma list of attacks (see `advex attacks list`). With --norm/--eps the plan "
-            "is attacks × norm × eps. [default plan: fgsm,pgd at linf 0.05,0.1,0.2,0.3 and pgd "
-            "at l2 1,2,3]",
+            "is attacks × norm × eps; minimum-norm attacks run once without eps unless --eps is "
+            "given. [default plan: fgsm,pgd at linf 0.05,0.1,0.2,0.3, pgd at l2 1,2,3, and "
+            "deepfool l2 minimum norm]",
             show_default=False,
         ),
     ] = None,

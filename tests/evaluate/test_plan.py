@@ -23,7 +23,7 @@ def test_default_plan_is_the_documented_grid() -> None:
     got = [(e.attack, e.norm, e.eps) for e in plan]
     linf = [0.05, 0.1, 0.2, 0.3]
     want = [("fgsm", "linf", e) for e in linf] + [("pgd", "linf", e) for e in linf]
-    want += [("pgd", "l2", e) for e in (1.0, 2.0, 3.0)]
+    want += [("pgd", "l2", e) for e in (1.0, 2.0, 3.0)] + [("deepfool", "l2", None)]
     assert got == want
     for e in plan:
         if e.attack == "pgd":

@@ -6,7 +6,8 @@ runner (``advex.evaluate.run``) turns an entry into an attack with ``PlanEntry.b
 here touches a model or data.
 
 The default plan is the one ``advex evaluate`` runs: FGSM and PGD at L∞ ε ∈ {0.05, 0.1, 0.2,
-0.3}, and PGD at L2 ε ∈ {1, 2, 3} (PGD: 40 steps, 1 restart). ``grid_plan`` builds the cross
+0.3}, PGD at L2 ε ∈ {1, 2, 3} (PGD: 40 steps, 1 restart), and DeepFool L2 without a budget
+(the minimal perturbation per sample). ``grid_plan`` builds the cross
 product attacks × one norm × several ε that the command line's ``--attacks/--norm/--eps`` ask for.
 """
 
@@ -140,7 +141,8 @@ class PlanEntry:
 
 
 def default_plan(*, steps: int | None = None) -> list[PlanEntry]:
-    """FGSM and PGD at L∞ ε ∈ {0.05, 0.1, 0.2, 0.3}; PGD at L2 ε ∈ {1, 2, 3}.
+    """FGSM and PGD at L∞ ε ∈ {0.05, 0.1, 0.2, 0.3}; PGD at L2 ε ∈ {1, 2, 3}; DeepFool L2
+    (minimum norm: its distances give robust accuracy at every L2 ε, and ρ_adv).
 
     Args:
         steps: PGD's number of steps (default 40).
@@ -152,6 +154,7 @@ def default_plan(*, steps: int | None = None) -> list[PlanEntry]:
     plan = [PlanEntry("fgsm", "linf", eps) for eps in linf]
     plan += [PlanEntry("pgd", "linf", eps, pgd) for eps in linf]
     plan += [PlanEntry("pgd", "l2", eps, pgd) for eps in DEFAULT_EPS["l2"]]
+    plan.append(PlanEntry("deepfool", "l2", None))
     return plan
 
 
