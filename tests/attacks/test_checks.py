@@ -15,6 +15,7 @@ def test_good_values_pass_through() -> None:
     assert checks.non_negative("kappa", 0) == 0.0
     assert checks.fraction("gamma", 0.5) == 0.5
     assert checks.fraction("gamma", 1, closed=True) == 1.0
+    assert checks.above("factor", 2, 1.0) == 2.0
 
 
 @pytest.mark.parametrize(
@@ -33,6 +34,8 @@ def test_good_values_pass_through() -> None:
         (checks.non_negative, math.nan),
         (checks.fraction, 0.0),
         (checks.fraction, 1.0),
+        (lambda name, v: checks.above(name, v, 1.0), 1.0),
+        (lambda name, v: checks.above(name, v, 1e-3, "initial_const"), 1e-4),
     ],
 )
 def test_bad_values_raise_naming_the_setting(check, value) -> None:

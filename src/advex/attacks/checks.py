@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["fraction", "non_negative", "positive", "positive_int"]
+__all__ = ["above", "fraction", "non_negative", "positive", "positive_int"]
 
 
 def _number(name: str, value: object, expected: str) -> float:
@@ -37,6 +37,15 @@ def non_negative(name: str, value: object) -> float:
     v = _number(name, value, "a finite number >= 0")
     if v < 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return v
+
+
+def above(name: str, value: object, bound: float, bound_name: str | None = None) -> float:
+    """A finite number > ``bound`` (named ``bound_name`` in the message when it is a setting)."""
+    what = f"{bound_name}={bound!r}" if bound_name else f"{bound!r}"
+    v = _number(name, value, f"a finite number > {what}")
+    if v <= bound:
+        raise ValueError(f"{name}: expected a finite number > {what}, got {value!r}")
     return v
 
 

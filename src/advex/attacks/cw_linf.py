@@ -101,15 +101,10 @@ class CWLinf(MinNormAttack):
         self.steps = checks.positive_int("steps", steps)
         self.step_size = checks.positive("step_size", step_size)
         self.initial_const = checks.positive("initial_const", initial_const)
-        self.largest_const = checks.positive("largest_const", largest_const)
-        if self.largest_const <= self.initial_const:
-            raise ValueError(
-                f"largest_const: expected a number > initial_const={initial_const!r}, "
-                f"got {largest_const!r}"
-            )
-        self.const_factor = checks.positive("const_factor", const_factor)
-        if self.const_factor <= 1:
-            raise ValueError(f"const_factor: expected a number > 1, got {const_factor!r}")
+        self.largest_const = checks.above(
+            "largest_const", largest_const, self.initial_const, "initial_const"
+        )
+        self.const_factor = checks.above("const_factor", const_factor, 1.0)
         self.tau_factor = checks.fraction("tau_factor", tau_factor)
         self.kappa = checks.non_negative("kappa", kappa)
         self.abort_early = bool(abort_early)
