@@ -28,6 +28,14 @@ def _mlp(seed: int, d: int = 64, hidden: int = 16, k: int = 10) -> nn.Module:
 
 
 @pytest.fixture
+def no_line_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switch off the final segment search of minimum-norm attacks (tests of the algorithm)."""
+    from advex.attacks.base import MinNormAttack
+
+    monkeypatch.setattr(MinNormAttack, "line_search_steps", 0)
+
+
+@pytest.fixture
 def tiny_mlp() -> nn.Module:
     """Random-weight MLP 1×8×8 → 10 logits (fresh per test, fixed seed)."""
     return _mlp(0)

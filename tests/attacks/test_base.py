@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -171,6 +172,20 @@ def test_min_norm_tracker_rounds_to_the_nearest_grid_value(bump) -> None:
     with torch.no_grad():
         run.forward(run.x + 12.7 / 255)  # nearest: 141/255
     assert torch.equal(run.best, torch.tensor([[141 / 255]]))
+
+
+def test_tracker_line_search_keeps_the_closest_success_on_the_segment(bump_tracker) -> None:
+    """Bump model: class 1 on |x − 0.55| < 0.0447. From a success at 0.59 (distance 0.09) the
+    bisection on x + t·0.09 converges to the near edge of the bump, 0.5053."""
+    run = bump_tracker(ThreatModel("l2"), n=2, select="distance")
+    with torch.no_grad():
+        run.forward(run.x + torch.tensor([[0.09], [0.0]]))  # sample 1 has no success
+    before = run.queries.clone()
+    run.line_search(12)
+    edge = 0.55 - math.sqrt(0.2 / 100)
+    assert bool(run.best_success[0]) and not bool(run.best_success[1])
+    assert edge - 0.5 <= float(run.best_distance[0]) <= edge - 0.5 + 0.09 / 2**11
+    assert (run.queries - before).tolist() == [12, 0]  # only successful samples search
 
 
 def test_tracker_retire(bump_tracker) -> None:

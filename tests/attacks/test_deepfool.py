@@ -55,7 +55,7 @@ def closed_form(w, b, x, y, q: float, margin: float = 1e-4) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("norm", "q"), [("l2", 2.0), ("linf", 1.0)])
-def test_binary_affine_is_exact_in_one_step(norm: str, q: float) -> None:
+def test_binary_affine_is_exact_in_one_step(norm: str, q: float, no_line_search) -> None:
     """f = wᵀx + b: r* = −f/‖w‖²·w (L2), −f/‖w‖₁·sign(w) (L∞); one jacobian, two gradients."""
     model, w, b, x, y = affine(2)
     threat = ThreatModel(norm, bounds=WIDE)
@@ -80,7 +80,9 @@ def test_binary_affine_is_exact_in_one_step(norm: str, q: float) -> None:
 
 @pytest.mark.parametrize(("norm", "q"), [("l2", 2.0), ("linf", 1.0)])
 @pytest.mark.parametrize("projections", [0, 1])
-def test_multiclass_affine_reaches_the_closest_boundary(norm, q, projections) -> None:
+def test_multiclass_affine_reaches_the_closest_boundary(
+    norm, q, projections, no_line_search
+) -> None:
     model, w, b, x, y = affine(6, seed=1)
     want = closed_form(w, b, x, y, q)
     attack = DeepFool(ThreatModel(norm, bounds=WIDE), overshoot=0.0, projections=projections)
@@ -92,6 +94,20 @@ def test_multiclass_affine_reaches_the_closest_boundary(norm, q, projections) ->
     # with the overshoot: the same point scaled by 1.02 (up to the 1e-4 margin)
     res = DeepFool(ThreatModel(norm, bounds=WIDE), projections=projections)(model, x, y)
     torch.testing.assert_close(res.distance.double(), 1.02 * want, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(("norm", "q"), [("l2", 2.0), ("linf", 1.0)])
+def test_the_final_line_search_trims_the_overshoot(norm: str, q: float) -> None:
+    """With the default segment search, the 2 % overshoot is bisected away: the distance lands
+    within 1/1024 (10 bisections) of the exact minimum, never below it."""
+    model, w, b, x, y = affine(6, seed=1)
+    exact = closed_form(w, b, x, y, q, margin=0)
+    res = DeepFool(ThreatModel(norm, bounds=WIDE))(model, x, y)
+    assert bool(res.success.all())
+    d = res.distance.double()
+    assert bool((d >= exact - 1e-6).all())
+    assert bool((d <= exact * (1 + 1.03 / 1024) + 1e-5).all())
+    assert bool((res.queries >= 10).all())  # the 10 forward passes of the bisection
 
 
 def test_candidates_limit_the_classes_and_the_gradients() -> None:
@@ -106,7 +122,7 @@ def test_candidates_limit_the_classes_and_the_gradients() -> None:
     assert bool((two.distance > all_classes.distance + 1e-4).any())
 
 
-def test_blocked_coordinates_do_not_waste_the_step() -> None:
+def test_blocked_coordinates_do_not_waste_the_step(no_line_search) -> None:
     """Inputs at 0 where w pushes below 0 cannot move: the step uses the free ones only.
 
     Binary f = wᵀx + b with x_i = 0 and w_i < 0 on the first half: the minimal perturbation in

@@ -192,6 +192,34 @@ class Tracker:
         self.model.backward_count += self.n_active
         return logits.detach(), values.detach(), grad
 
+    def line_search(self, steps: int) -> None:
+        """Move each successful best point toward x along the segment, by bisection.
+
+        For the samples whose best point succeeded at a distance > 0, bisect t ∈ [0, 1] on
+        x + t·(best − x): ``steps`` forward passes, each recorded, so the best point becomes the
+        closest successful point found on the segment (‖t·δ‖ = t‖δ‖ for every Lp norm but L0,
+        where scaling changes nothing and the search is skipped). Needs no gradients.
+        """
+        if steps < 1 or self.threat.norm == "l0":
+            return
+        rows = torch.nonzero(self.best_success & (self.best_distance > 0)).squeeze(1)
+        if rows.numel() == 0:
+            return
+        self.rows = rows
+        self._slice()
+        delta = self.best[rows] - self.x
+        lo = torch.zeros(rows.numel(), 1, device=delta.device, dtype=delta.dtype)
+        hi = torch.ones_like(lo)
+        view = (-1,) + (1,) * (delta.ndim - 1)
+        with torch.no_grad():
+            for _ in range(steps):
+                mid = (lo + hi) / 2
+                logits = self.forward(self.x + mid.view(view) * delta)
+                won = succeeded(logits.argmax(dim=1), self.y, self.target, self.threat.targeted)
+                won = won.unsqueeze(1)
+                hi = torch.where(won, mid, hi)
+                lo = torch.where(won, lo, mid)
+
     def jacobian(self, x_adv: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
         """Logits at ``x_adv`` and the gradients ∇ₓ z_c of the logits of ``classes``.
 
@@ -337,6 +365,7 @@ class Attack(abc.ABC):
         )
         if run.n_active:
             self._run(run)
+            self._refine(run)
         return finalize(
             clf,
             x,
@@ -398,6 +427,10 @@ class Attack(abc.ABC):
             and isinstance(v, int | float | str | bool | None)
         }
 
+    def _refine(self, run: Tracker) -> None:
+        """After the attack's loop: nothing for fixed-budget attacks (see MinNormAttack)."""
+        return
+
     @abc.abstractmethod
     def _run(self, run: Tracker) -> None:
         """The attack's loop: evaluate points through ``run`` (forward / value_and_grad)."""
@@ -413,8 +446,18 @@ class MinNormAttack(Attack):
     ``eps=None`` asks for the smallest perturbation the attack can find; an ``eps`` asks whether
     one inside the ε-ball exists, and a sample stops as soon as one is found (then only points
     inside the ball are kept, so the result is a valid ε-bounded attack). Among successes the
-    tracker keeps the point of smallest distance.
+    tracker keeps the point of smallest distance. Without an eps, each successful best point is
+    finally moved toward x by a bisection along the segment x → best (``line_search_steps``
+    forward passes, ``Tracker.line_search``): the optimizers stop past the decision boundary
+    (DeepFool's overshoot, a finite step size), and the segment search trims that slack.
     """
 
     needs_eps: ClassVar[bool] = False
     select: ClassVar[Select] = "distance"
+    #: Bisection steps toward x along the segment to each best point after the attack (without
+    #: eps; forward passes only). 0 turns it off.
+    line_search_steps: ClassVar[int] = 10
+
+    def _refine(self, run: Tracker) -> None:
+        if self.threat.eps is None:
+            run.line_search(self.line_search_steps)

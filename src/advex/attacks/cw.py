@@ -23,9 +23,12 @@ Security and Privacy (S&P) 2017. arXiv:1608.04644
 Differences from the paper and its reference code (github.com/carlini/nn_robust_attacks):
 
 * every sample runs its own binary search and its own early abort (the reference aborts a
-  whole batch on the batch's total loss). A sample whose run aborts starts its next run at once
-  while the others go on, and leaves the batch after its last run, so the batch shrinks as it
-  goes; each sample's Adam moments and step count restart with its runs.
+  whole batch on the batch's total loss). The abort compares the lowest loss of the run so far,
+  not the current one: one sample's loss oscillates under Adam (a batch sum is smooth), and
+  comparing the current value would end runs that are still improving. A sample whose run
+  aborts starts its next run at once while the others go on, and leaves the batch after its
+  last run, so the batch shrinks as it goes; each sample's Adam moments and step count restart
+  with its runs.
 * δ is measured from x'(w₀), not from x: the start is x exactly, not x ± 10⁻⁶.
 * ``steps`` (iterations per run at most) defaults to 1000, the budget peers are compared at;
   the reference's bound is 10000 with the same abort rule (pass ``steps=10000`` for it).
@@ -109,8 +112,12 @@ class CWL2(MinNormAttack):
         step_size: Adam's learning rate on w.
         initial_const: c₀, the first constant of every sample.
         kappa: confidence κ ≥ 0 the search asks of a success (margin > κ).
-        abort_early: end a run when its loss has not fallen below 0.9999× its value
+        abort_early: end a run when its lowest loss has not fallen below 0.9999× its value
             ``ceil(steps/10)`` iterations before.
+        reuse_budget: spend the iterations that aborted runs saved on further binary-search
+            runs: every sample may use up to ``binary_search_steps × steps`` iterations (the
+            same bound) in as many runs as fit, until c is known to 1 %. False: exactly
+            ``binary_search_steps`` runs, as in the paper (the default).
     """
 
     name: ClassVar[str] = "cw_l2"
@@ -126,6 +133,7 @@ class CWL2(MinNormAttack):
         initial_const: float = 1e-3,
         kappa: float = 0.0,
         abort_early: bool = True,
+        reuse_budget: bool = False,
         seed: int = 0,
         batch_size: int | None = None,
         early_stop: bool = True,
@@ -137,6 +145,7 @@ class CWL2(MinNormAttack):
         self.initial_const = checks.positive("initial_const", initial_const)
         self.kappa = checks.non_negative("kappa", kappa)
         self.abort_early = bool(abort_early)
+        self.reuse_budget = bool(reuse_budget)
 
     def _run(self, run: Tracker) -> None:
         n, dev, dtype = run.n_active, run.x.device, run.x.dtype
@@ -148,6 +157,7 @@ class CWL2(MinNormAttack):
         adam = Adam(self.step_size)
         found = torch.zeros(n, dtype=torch.bool, device=dev)  # adversarial in this run
         previous = torch.full((n,), math.inf, device=dev, dtype=dtype)  # loss at last check
+        lowest = torch.full((n,), math.inf, device=dev, dtype=dtype)  # lowest loss this run
         # Iteration within the current run and run index, per row, kept on the host so that
         # the loop only waits for the device when some row is due for a check.
         it = torch.zeros(n, dtype=torch.long)
@@ -161,13 +171,15 @@ class CWL2(MinNormAttack):
             logits, values, grad = run.value_and_grad(box.delta(w, t), objective, squared_l2)
             found |= margin(logits, run.y, run.labels_target) > self.kappa
             w = adam.step(w, -box.chain(grad, w, t))
+            lowest = torch.minimum(lowest, -values)
 
             stalled = torch.zeros_like(it, dtype=torch.bool)
             at = it % every == 0
             if self.abort_early and bool(at.any()):  # host-side test: no device sync
                 at_dev = at.to(dev)
-                stalled = (at_dev & (-values > _ABORT_RATIO * previous)).cpu()
-                previous = torch.where(at_dev, -values, previous)
+                now = torch.minimum(lowest, -values)
+                stalled = (at_dev & (now > _ABORT_RATIO * previous)).cpu()
+                previous = torch.where(at_dev, now, previous)
             it += 1
             end = stalled | (it >= self.steps)
             if bool(end.any()):
@@ -184,13 +196,22 @@ class CWL2(MinNormAttack):
                 adam.reset(e)
                 found &= ~e
                 previous = torch.where(e, math.inf, previous)
-                finished = run_index > last
+                lowest = torch.where(e, math.inf, lowest)
+                if self.reuse_budget:
+                    # the search has narrowed c to 1 %: further runs would change little
+                    width = search.upper[slot] - search.lower[slot]
+                    finished = (e & search.found()[slot] & (width <= 0.01 * search.upper[slot]))
+                    finished = finished.cpu()
+                else:
+                    finished = run_index > last
                 if bool(finished.any()):
                     run.retire(finished.to(dev))
             if self.threat.eps is not None or bool(end.any()):
                 keep = ~run.done[run.rows]
                 if not bool(keep.all()):
-                    w, c, slot, found, previous = run.shrink(w, c, slot, found, previous)
+                    w, c, slot, found, previous, lowest = run.shrink(
+                        w, c, slot, found, previous, lowest
+                    )
                     box.keep(keep)
                     adam.keep(keep)
                     host = keep.cpu()
