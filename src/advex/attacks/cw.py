@@ -200,7 +200,7 @@ class CWL2(MinNormAttack):
                 if self.reuse_budget:
                     # the search has narrowed c to 1 %: further runs would change little
                     width = search.upper[slot] - search.lower[slot]
-                    finished = (e & search.found()[slot] & (width <= 0.01 * search.upper[slot]))
+                    finished = e & search.found()[slot] & (width <= 0.01 * search.upper[slot])
                     finished = finished.cpu()
                 else:
                     finished = run_index > last
