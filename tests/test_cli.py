@@ -269,7 +269,7 @@ def test_demo_run_shows_adversarial_training_helps(tmp_path: Path) -> None:
     result = invoke("evaluate", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "results.json").read_text())
-    assert doc["n"] == 1000 and len(doc["rows"]) == 22
+    assert doc["n"] == 1000 and len(doc["rows"]) == 24
     robust = {
         (r["model"], r["attack"], r["norm"], r["eps"]): r["robust_accuracy"] for r in doc["rows"]
     }
@@ -279,3 +279,6 @@ def test_demo_run_shows_adversarial_training_helps(tmp_path: Path) -> None:
             robust[("mnist_cnn_pgd", "pgd", "linf", eps)]
             > robust[("mnist_cnn", "pgd", "linf", eps)]
         )
+    # the minimal L2 perturbations DeepFool finds are larger on the adversarially trained model
+    rho = {r["model"]: r["rho_adv"] for r in doc["rows"] if r["attack"] == "deepfool"}
+    assert rho["mnist_cnn_pgd"] > rho["mnist_cnn"] > 0
