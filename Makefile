@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 THREADS ?= 2
 
-.PHONY: demo test test-slow lint bench bench-minnorm clean
+.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: $(VENV)/.bench
 
 bench-minnorm: $(VENV)/.bench
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/minnorm.py
+
+bench-autoattack: $(VENV)/.bench
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/autoattack.py --checks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

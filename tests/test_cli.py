@@ -282,3 +282,20 @@ def test_demo_run_shows_adversarial_training_helps(tmp_path: Path) -> None:
     # the minimal L2 perturbations DeepFool finds are larger on the adversarially trained model
     rho = {r["model"]: r["rho_adv"] for r in doc["rows"] if r["attack"] == "deepfool"}
     assert rho["mnist_cnn_pgd"] > rho["mnist_cnn"] > 0
+
+
+def test_evaluate_ensemble_runs_the_sanity_checks(tmp_path: Path) -> None:
+    """`--attacks fast` runs the ensemble; its sanity checks land in results.json, the report
+    and (when one fires) on stderr."""
+    args = ["--model", "zoo:mnist_mlp", "--n", "12", "--attacks", "fast", "--eps", "0.1"]
+    result = invoke("evaluate", *args, "--examples", "0", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "results.json").read_text())
+    (row,) = doc["rows"]
+    assert row["attack"] == "fast" and row["members"] == ["apgd", "apgd-t"]
+    assert sum(row["broken_by"]) == row["n_clean_correct"] - row["n_robust"]
+    names = [c["name"] for c in doc["checks"]]
+    assert "vanishing_gradients" in names and "not_converged" in names
+    assert row["flags"] == [c["name"] for c in doc["checks"] if c["fired"]]
+    html = (tmp_path / "report.html").read_text()
+    assert "Sanity checks" in html and "vanishing_gradients" in html

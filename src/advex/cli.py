@@ -296,7 +296,8 @@ def evaluate(
         typer.Option(
             help="Comma list of attacks (see `advex attacks list`). With --norm/--eps the plan "
             "is attacks × norm × eps; minimum-norm attacks run once without eps unless --eps is "
-            "given. [default plan: fgsm,pgd at linf 0.05,0.1,0.2,0.3, pgd at l2 1,2,3, and "
+            "given; 'standard' (AutoAttack's recipe) and 'fast' run an ensemble plus sanity "
+            "checks. [default plan: fgsm,pgd at linf 0.05,0.1,0.2,0.3, pgd at l2 1,2,3, and "
             "deepfool l2 minimum norm]",
             show_default=False,
         ),
@@ -403,7 +404,18 @@ def evaluate(
         examples=examples,
     )
     _print_rows(result)
+    _print_flags(result)
     typer.echo(f"wrote {results_path} and {report_path} ({time.perf_counter() - started:.1f} s)")
+
+
+def _print_flags(result: Any) -> None:
+    """Every sanity check that fired, on stderr, with what to do."""
+    for f in result.flags():
+        if f["fired"]:
+            typer.echo(
+                f"WARNING [{f['model']}: {f['label']}] {f['name']}: {f['message']}. {f['advice']}.",
+                err=True,
+            )
 
 
 def _print_rows(result: Any) -> None:

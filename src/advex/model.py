@@ -123,16 +123,21 @@ class Classifier(nn.Module):
         return self.logits(x, batch_size).argmax(dim=1)
 
 
-def warn_if_probabilities(logits: Tensor) -> None:
-    """Warn (ProbabilityOutputWarning) when every row is in [0, 1] and sums to 1."""
-    if logits.numel() == 0 or logits.shape[1] < 2:
-        return
+def looks_like_probabilities(logits: Tensor, atol: float = 1e-3) -> bool:
+    """Whether every row of ``logits`` (B, K), K ≥ 2, lies in [0, 1] and sums to 1 (± atol)."""
+    if logits.ndim != 2 or logits.numel() == 0 or logits.shape[1] < 2:
+        return False
     rows = logits.sum(dim=1)
-    if (
+    return (
         bool((logits >= 0).all())
         and bool((logits <= 1).all())
-        and bool(torch.allclose(rows, torch.ones_like(rows), atol=1e-3))
-    ):
+        and bool(torch.allclose(rows, torch.ones_like(rows), atol=atol))
+    )
+
+
+def warn_if_probabilities(logits: Tensor) -> None:
+    """Warn (ProbabilityOutputWarning) when every row is in [0, 1] and sums to 1."""
+    if looks_like_probabilities(logits):
         warnings.warn(
             "model outputs look like probabilities (in [0, 1], rows sum to 1): attacks expect "
             "logits, and softmax outputs cause vanishing gradients. Remove the final softmax.",

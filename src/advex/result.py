@@ -148,6 +148,31 @@ class AttackResult:
             )
         return out
 
+    def take(self, rows: Tensor) -> AttackResult:
+        """The result restricted to the samples ``rows`` (indices or a bool mask)."""
+        fields = {
+            name: getattr(self, name)[rows]
+            for name in (
+                "x_adv",
+                "success",
+                "distance",
+                "pred",
+                "y",
+                "clean_pred",
+                "queries",
+                "gradients",
+                "steps",
+            )
+        }
+        return AttackResult(
+            **fields,
+            target=None if self.target is None else self.target[rows],
+            seconds=self.seconds,
+            attack=self.attack,
+            threat=self.threat,
+            params=self.params,
+        )
+
     @staticmethod
     def concat(parts: list[AttackResult], seconds: float | None = None) -> AttackResult:
         """Join results of consecutive batches of the same attack and threat."""

@@ -399,8 +399,10 @@ def test_params_and_repr() -> None:
 
 
 def test_catalogue() -> None:
-    fixed = {"fgsm", "bim", "illc", "pgd", "fake_image"}
+    fixed = {"fgsm", "bim", "illc", "pgd", "fake_image", "apgd", "apgd-t", "square"}
+    fixed |= {"standard", "fast"}  # the ensembles
     minimum_norm = {"deepfool", "cw_l2", "cw_linf", "cw_l0", "jsma", "lbfgs", "fmn", "ead"}
+    minimum_norm |= {"fab", "fab-t"}
     assert set(ATTACKS) == fixed | minimum_norm
     assert ATTACKS["pgd"] is PGD and ATTACKS["fgsm"] is FGSM and ATTACKS["bim"] is BIM
     assert ATTACKS["illc"] is ILLC and ATTACKS["fake_image"] is FakeImage

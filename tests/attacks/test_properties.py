@@ -14,10 +14,14 @@ from torch import nn
 
 from advex import AttackResult, ThreatModel
 from advex.attacks import (
+    APGD,
+    APGDT,
     BIM,
     CWL0,
     CWL2,
     EAD,
+    FAB,
+    FABT,
     FGSM,
     FMN,
     ILLC,
@@ -27,6 +31,8 @@ from advex.attacks import (
     CWLinf,
     DeepFool,
     FakeImage,
+    Square,
+    fast,
 )
 from advex.attacks.base import Attack
 from advex.result import ball_tolerance
@@ -46,12 +52,21 @@ NORMS = {
     "lbfgs": ("l2",),
     "fmn": ("linf", "l2", "l1", "l0"),
     "ead": ("l1",),
+    "apgd": ("linf", "l2", "l1"),
+    "apgd-t": ("linf", "l2", "l1"),
+    "fab": ("linf", "l2", "l1"),
+    "fab-t": ("linf", "l2", "l1"),
+    "square": ("linf", "l2"),
+    "fast": ("linf", "l2", "l1"),
 }
 TARGETED = {"fgsm": (False, True), "pgd": (False, True), "bim": (False, True), "illc": (False,)}
 TARGETED["fake_image"] = (True,)
 TARGETED |= {"deepfool": (False,), "jsma": (True,)}
 TARGETED |= {a: (False, True) for a in ("cw_l2", "cw_linf", "cw_l0", "lbfgs", "fmn", "ead")}
-RANDOMIZED = {"pgd", "fake_image"}  # the others do not use the generator at all
+TARGETED |= {"apgd": (False, True), "apgd-t": (False,), "fab": (False, True)}
+TARGETED |= {"fab-t": (False,), "square": (False, True), "fast": (False,)}
+# the others do not use the generator at all
+RANDOMIZED = {"pgd", "fake_image", "apgd", "apgd-t", "square", "fast"}
 
 MIN_NORM = {
     "deepfool",
@@ -62,6 +77,8 @@ MIN_NORM = {
     "lbfgs",
     "fmn",
     "ead",
+    "fab",
+    "fab-t",
 }  # also run with eps=None
 
 CASES = [
@@ -116,6 +133,18 @@ def make(
         return EAD(threat, steps=10, binary_search_steps=3, seed=seed)
     if attack == "lbfgs":
         return LBFGS(threat, search_steps=3, max_iter=5, seed=seed)
+    if attack == "apgd":
+        return APGD(threat, steps=5, restarts=2, seed=seed)
+    if attack == "apgd-t":
+        return APGDT(threat, steps=5, n_target_classes=3, seed=seed)
+    if attack == "fab":
+        return FAB(threat, steps=5, seed=seed)
+    if attack == "fab-t":
+        return FABT(threat, steps=5, n_target_classes=3, seed=seed)
+    if attack == "square":
+        return Square(threat, max_queries=50, seed=seed)
+    if attack == "fast":
+        return fast(threat, seed=seed)
     return FakeImage(threat, steps=5, seed=seed)
 
 

@@ -1,11 +1,15 @@
 """Attacks: each is configured with a ThreatModel and called as ``attack(model, x, y, target)``."""
 
+from advex.attacks.apgd import APGD, APGDT
 from advex.attacks.base import Attack, MinNormAttack, Tracker
+from advex.attacks.blackbox import Square
 from advex.attacks.cw import CWL2
 from advex.attacks.cw_l0 import CWL0
 from advex.attacks.cw_linf import CWLinf
 from advex.attacks.deepfool import DeepFool
 from advex.attacks.ead import EAD
+from advex.attacks.ensemble import Ensemble, EnsembleResult, Fast, Standard, fast, standard
+from advex.attacks.fab import FAB, FABT
 from advex.attacks.fgsm import FGSM
 from advex.attacks.fmn import FMN
 from advex.attacks.jsma import JSMA
@@ -14,11 +18,15 @@ from advex.attacks.pgd import BIM, ILLC, PGD
 from advex.attacks.visualize import FakeImage
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "ATTACKS",
     "BIM",
     "CWL0",
     "CWL2",
     "EAD",
+    "FAB",
+    "FABT",
     "FGSM",
     "FMN",
     "ILLC",
@@ -28,9 +36,16 @@ __all__ = [
     "Attack",
     "CWLinf",
     "DeepFool",
+    "Ensemble",
+    "EnsembleResult",
     "FakeImage",
+    "Fast",
     "MinNormAttack",
+    "Square",
+    "Standard",
     "Tracker",
+    "fast",
+    "standard",
 ]
 
 #: The catalogue: name → class, for the CLI and for browsing.
@@ -50,5 +65,12 @@ ATTACKS: dict[str, type[Attack]] = {
         LBFGS,
         FMN,
         EAD,
+        APGD,
+        APGDT,
+        FAB,
+        FABT,
+        Square,
+        Standard,
+        Fast,
     )
 }

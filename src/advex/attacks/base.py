@@ -35,7 +35,7 @@ from torch import Tensor
 
 from advex.attacks.losses import Loss, margin
 from advex.model import Classifier, as_classifier, check_inputs
-from advex.norms import lp_norm, on_grid, quantize, round_to_grid
+from advex.norms import lp_norm, on_grid, quantize, random_start, round_to_grid
 from advex.result import AttackResult, ball_tolerance, finalize, succeeded
 from advex.threat import ThreatModel
 
@@ -63,6 +63,7 @@ class Tracker:
         generator: torch.Generator,
         early_stop: bool = True,
         select: Select = "margin",
+        active: Tensor | None = None,
     ) -> None:
         self.model = model
         self.threat = threat
@@ -88,7 +89,9 @@ class Tracker:
         )
         self.best_score = margin(self._clean_logits, y, target if threat.targeted else None)
         self.best_score = self.best_score.to(x.dtype)
-        self.done = done.clone()
+        self._size = b
+        self._inactive = torch.zeros_like(done) if active is None else ~active
+        self.done = done | self._inactive
         self.rows = torch.nonzero(~self.done).squeeze(1)
         self._slice()
 
@@ -108,11 +111,43 @@ class Tracker:
         """The target labels a loss should use: the targets if targeted, else None."""
         return self.target if self.threat.targeted else None
 
+    # ----- randomness, aligned with the batch -------------------------------------------
+    # Draws are made for every sample of the batch and then cut to the active rows, so a
+    # sample's random numbers depend only on the seed, its batch and its place in it — not on
+    # which other samples are still active. An ensemble member run on the samples still robust
+    # (``active``) thus sees the same streams as when run alone on all of them.
+    def rand(self, *shape: int) -> Tensor:
+        """U[0, 1) draws of shape (n_active, *shape), in the dtype of x."""
+        x = self._x
+        full = torch.rand(
+            (self._size, *shape), generator=self.generator, device=x.device, dtype=x.dtype
+        )
+        return full[self.rows]
+
+    def randn(self, *shape: int) -> Tensor:
+        """Standard normal draws of shape (n_active, *shape), in the dtype of x."""
+        x = self._x
+        full = torch.randn(
+            (self._size, *shape), generator=self.generator, device=x.device, dtype=x.dtype
+        )
+        return full[self.rows]
+
+    def randint(self, high: int, *shape: int) -> Tensor:
+        """Integers uniform in [0, high), shape (n_active, *shape)."""
+        full = torch.randint(
+            0, high, (self._size, *shape), generator=self.generator, device=self._x.device
+        )
+        return full[self.rows]
+
+    def random_start(self, threat: ThreatModel | None = None) -> Tensor:
+        """δ uniform in the ball of ``threat`` (default the run's), in the box, active rows."""
+        return random_start(self._x, threat or self.threat, self.generator)[self.rows]
+
     def restarts(self, n: int) -> Iterator[int]:
         """Yield restart indices; restart r > 0 runs only on samples not yet successful."""
         for r in range(n):
             if r > 0:
-                self.done = self.best_success.clone()
+                self.done = self.best_success | self._inactive
                 self.rows = torch.nonzero(~self.done).squeeze(1)
                 self._slice()
             if self.n_active == 0:
@@ -278,6 +313,19 @@ class Tracker:
             self.done[rows] |= ok & success
 
 
+def check_active(active: Any, x: Tensor) -> Tensor | None:
+    """``active`` as a (B,) bool tensor on x's device, or None; raises ``ValueError`` if bad."""
+    if active is None:
+        return None
+    if not isinstance(active, Tensor) or active.dtype != torch.bool:
+        raise ValueError(f"active: expected a bool tensor, got {type(active).__name__}")
+    if active.shape != (x.shape[0],):
+        raise ValueError(
+            f"active: expected shape ({x.shape[0]},) to match x, got {tuple(active.shape)}"
+        )
+    return active.to(x.device)
+
+
 class Attack(abc.ABC):
     """Base of every attack: configure in ``__init__``, run with ``attack(model, x, y, target)``.
 
@@ -326,11 +374,23 @@ class Attack(abc.ABC):
 
     # ----- the public call --------------------------------------------------------------
     def __call__(
-        self, model: Any, x: Tensor, y: Tensor, target: Tensor | None = None
+        self,
+        model: Any,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None = None,
+        *,
+        active: Tensor | None = None,
     ) -> AttackResult:
-        """Attack ``model`` on inputs ``x`` (B, ...) with labels ``y`` (B,) (and ``target``)."""
+        """Attack ``model`` on inputs ``x`` (B, ...) with labels ``y`` (B,) (and ``target``).
+
+        ``active`` (B,) bool, optional: attack only these samples; the others are returned
+        unchanged (x' = x) and cost one query (the clean pass). They keep their place in the
+        batches, so the attacked samples get the same random numbers as in a run on all.
+        """
         clf = as_classifier(model, bounds=self.threat.bounds)
         x, y, target = self._checked(clf, x, y, target)
+        active = check_active(active, x)
         start = time.perf_counter()
         size = self.batch_size or x.shape[0]
         parts = []
@@ -343,12 +403,19 @@ class Attack(abc.ABC):
                         y[lo : lo + size],
                         None if target is None else target[lo : lo + size],
                         i,
+                        None if active is None else active[lo : lo + size],
                     )
                 )
         return AttackResult.concat(parts, seconds=time.perf_counter() - start)
 
     def _run_batch(
-        self, clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, index: int
+        self,
+        clf: Classifier,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        index: int,
+        active: Tensor | None = None,
     ) -> AttackResult:
         start = time.perf_counter()
         generator = torch.Generator(device=x.device)
@@ -362,6 +429,7 @@ class Attack(abc.ABC):
             generator=generator,
             early_stop=self.early_stop,
             select=self.select,
+            active=active,
         )
         if run.n_active:
             self._run(run)

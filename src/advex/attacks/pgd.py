@@ -29,7 +29,7 @@ from torch import Tensor
 
 from advex.attacks import checks, losses
 from advex.attacks.base import Attack, Tracker
-from advex.norms import ascent, project, random_start
+from advex.norms import ascent, project
 from advex.threat import ThreatModel
 
 __all__ = ["BIM", "ILLC", "PGD"]
@@ -78,10 +78,7 @@ class PGD(Attack):
         threat = self.threat
         for _ in run.restarts(self.restarts):
             loss = self._loss_for(run)
-            if self.random_start:
-                delta = random_start(run.x, threat, run.generator)
-            else:
-                delta = torch.zeros_like(run.x)
+            delta = run.random_start() if self.random_start else torch.zeros_like(run.x)
             for _ in run.steps(self.steps):
                 _, _, grad = run.value_and_grad(delta, loss)
                 delta, grad = run.shrink(delta, grad)

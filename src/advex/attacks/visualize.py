@@ -72,9 +72,7 @@ class FakeImage(Attack):
         threat = self.threat
         lo, hi = threat.bounds
         if self.init == "noise":
-            noise = torch.rand(
-                run.x.shape, generator=run.generator, device=run.x.device, dtype=run.x.dtype
-            )
+            noise = run.rand(*run.x.shape[1:])
             delta = project(lo + (hi - lo) * noise - run.x, run.x, threat)
         else:
             delta = torch.zeros_like(run.x)

@@ -45,13 +45,18 @@ def accuracy(pred: Tensor, y: Tensor) -> float:
 
 
 def summary_row(
-    model: str, entry: PlanEntry, result: AttackResult, x: Tensor | None = None
+    model: str,
+    entry: PlanEntry,
+    result: AttackResult,
+    x: Tensor | None = None,
+    flags: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """One results row: the model, the plan entry and ``result.to_dict()``'s summary.
 
     ``params`` are all the attack's settings; ``plan_params`` only those the plan entry set.
     Adds ``label``, ``n_clean_correct`` and ``n_robust`` (counts behind the two accuracies); for
-    a minimum-norm L2 entry (``eps`` None) with the clean inputs ``x`` given, also ``rho_adv``.
+    a minimum-norm L2 entry (``eps`` None) with the clean inputs ``x`` given, also ``rho_adv``;
+    ``flags`` lists the names of the sanity checks that fired (``advex.evaluate.checks.Flag``).
     """
     row: dict[str, Any] = {"model": model, "label": entry.label}
     row.update(result.to_dict())
@@ -63,6 +68,7 @@ def summary_row(
     row["n_robust"] = int((result.pred == result.y).sum())
     if x is not None and entry.eps is None and entry.norm == "l2":
         row["rho_adv"] = rho_adv(result, x)
+    row["flags"] = [f.name for f in flags if f.fired]
     return json_safe(row)
 
 

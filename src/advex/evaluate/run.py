@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from advex.attacks.ensemble import Ensemble, EnsembleResult
+from advex.evaluate.checks import Flag, run_checks
 from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_row
 from advex.evaluate.plan import PlanEntry
 from advex.model import Classifier, as_classifier, check_inputs
@@ -39,11 +41,13 @@ DEFAULT_BATCH_SIZE = 256
 
 @dataclass(frozen=True)
 class Record:
-    """One attack run: the model's name, the plan entry and the attack's result."""
+    """One attack run: the model's name, the plan entry, the attack's result, and the sanity
+    checks' flags (ensemble entries only; see ``advex.evaluate.checks``)."""
 
     model: str
     entry: PlanEntry
     result: AttackResult
+    flags: tuple[Flag, ...] = ()
 
 
 @dataclass
@@ -80,7 +84,15 @@ class EvaluationResult:
 
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per (model, attack, norm, eps) (see ``metrics.summary_row``)."""
-        return [summary_row(r.model, r.entry, r.result, self.x) for r in self.records]
+        return [summary_row(r.model, r.entry, r.result, self.x, r.flags) for r in self.records]
+
+    def flags(self) -> list[dict[str, Any]]:
+        """Every sanity check that ran: model, entry label and the flag's fields."""
+        return [
+            {"model": r.model, "label": r.entry.label, **f.to_dict()}
+            for r in self.records
+            for f in r.flags
+        ]
 
     def worst_case(self) -> list[dict[str, Any]]:
         """Per (model, norm, eps) run by two or more attacks: the per-sample worst case."""
@@ -117,6 +129,7 @@ class EvaluationResult:
             plan=[e.to_dict() for e in self.plan],
             rows=self.rows(),
             worst_case=self.worst_case(),
+            checks=self.flags(),
         )
         return json_safe(out)
 
@@ -254,7 +267,11 @@ def run_evaluation(
                 bar.set_postfix_str(f"{name}: {entry.label}", refresh=True)
                 attack = entry.build(bounds=bounds, levels=levels, seed=seed, batch_size=batch_size)
                 result = attack(clf, x, y)
-                out.records.append(Record(name, entry, _to_cpu(result)))
+                flags: tuple[Flag, ...] = ()
+                if isinstance(attack, Ensemble):
+                    bar.set_postfix_str(f"{name}: {entry.label} (sanity checks)", refresh=True)
+                    flags = tuple(run_checks(clf, x, y, attack, result, seed=seed))
+                out.records.append(Record(name, entry, _to_cpu(result), flags))
                 bar.update(1)
     out.seconds = time.perf_counter() - start
     return out
@@ -287,6 +304,8 @@ def _to_cpu(result: AttackResult) -> AttackResult:
         setattr(result, name, getattr(result, name).cpu())
     if result.target is not None:
         result.target = result.target.cpu()
+    if isinstance(result, EnsembleResult):
+        result.broken_by = result.broken_by.cpu()
     return result
 
 

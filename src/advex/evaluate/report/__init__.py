@@ -191,6 +191,42 @@ def _plots_html(result: EvaluationResult) -> str:
     return "\n".join(parts)
 
 
+def _checks_html(result: EvaluationResult) -> str:
+    """The sanity checks of every ensemble entry: fired flags first, with what to do."""
+    flags = result.flags()
+    if not flags:
+        return ""
+    fired = [f for f in flags if f["fired"]]
+    lead = (
+        f"<p><strong>{len(fired)} warning{'s' if len(fired) != 1 else ''}</strong>: the "
+        "robust accuracy above may overestimate the true one. Read the advice below.</p>"
+        if fired
+        else "<p>No sanity check fired.</p>"
+    )
+    rows = [
+        [
+            f["model"],
+            f["label"],
+            f["name"],
+            "WARNING" if f["fired"] else "ok",
+            f["message"],
+            f["advice"] if f["fired"] else "",
+        ]
+        for f in sorted(flags, key=lambda f: not f["fired"])
+    ]
+    return (
+        '<h2>Sanity checks</h2>\n<p class="note">Signs of gradient masking and of a broken or '
+        "unconverged evaluation, checked after every ensemble run "
+        "(<code>advex.evaluate.checks</code>).</p>\n"
+        + lead
+        + _table(
+            ["model", "evaluation", "check", "status", "what was seen", "what to do"],
+            rows,
+            text_cols=(0, 1, 2, 3, 4, 5),
+        )
+    )
+
+
 def render_report(
     result: EvaluationResult,
     *,
@@ -277,6 +313,8 @@ def render_report(
             )
         )
 
+    checks_html = _checks_html(result)
+
     if examples > 0:
         chosen = entry if entry is not None else example_entry(result)
         examples_html = _examples_html(result, chosen, examples, class_names, entry is None)
@@ -300,6 +338,7 @@ def render_report(
         plots=_plots_html(result),
         table=table_html,
         worst=worst_html,
+        checks=checks_html,
         examples=examples_html,
     )
 

@@ -1,0 +1,135 @@
+"""advex's ``standard`` ensemble against torchattacks' AutoAttack (standard version), side by side.
+
+On the bundled PGD-trained CNN (``mnist_cnn_pgd``), the first ``--n`` mnist5k test images, for
+L∞ ε = 0.3 and L2 ε = 2.0: both libraries run the standard recipe — APGD-CE, APGD-T (9 target
+classes), FAB-T (9 target classes), Square (5000 queries), one restart each, every attack only on
+the samples still robust — in batches of ``--batch-size`` with ``--threads`` CPU threads. The
+script prints
+
+* robust accuracy, recomputed here with a fresh forward pass on each library's returned points
+  (points outside the ε-ball or the box are reported and count as not broken),
+* seconds, and advex's time as a fraction of torchattacks',
+* the per-sample comparison: samples broken by torchattacks but not by advex (and the reverse),
+  and for each of those, which advex member got closest (margin),
+* advex's per-member breakdown and its sanity-check flags (``--checks``),
+
+then the issue's verdicts: robust accuracy ≤ torchattacks' and wall time ≤ 0.8× torchattacks'.
+
+Run: ``make bench-autoattack`` (or ``python benchmarks/autoattack.py --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import Tensor, nn
+
+from advex import ThreatModel, data, zoo
+from advex.attacks import standard
+from advex.norms import lp_norm
+from advex.result import ball_tolerance
+from common import batches, predict, split_available
+
+SETTINGS = {"linf": 0.3, "l2": 2.0}
+
+
+def run_advex(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bs: int, seed: int):  # type: ignore[no-untyped-def]
+    attack = standard(ThreatModel(norm, eps), seed=seed, batch_size=bs)
+    start = time.perf_counter()
+    res = attack(model, x, y)
+    return res.x_adv, time.perf_counter() - start, res, attack
+
+
+def run_torchattacks(
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bs: int, seed: int
+):  # type: ignore[no-untyped-def]
+    import torchattacks
+
+    atk = torchattacks.AutoAttack(
+        model,
+        norm={"linf": "Linf", "l2": "L2"}[norm],
+        eps=eps,
+        version="standard",
+        n_classes=10,
+        seed=seed,
+    )
+    start = time.perf_counter()
+    out = torch.cat([atk(xb, yb) for xb, yb in batches(x, y, bs)])
+    return out, time.perf_counter() - start
+
+
+def robust_mask(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: str, eps: float):  # type: ignore[no-untyped-def]
+    """Per sample: still correct on x_adv (invalid points count as not broken), and validity."""
+    dist = lp_norm(x_adv - x, norm)
+    valid = (dist <= eps + ball_tolerance(eps)) & (x_adv.flatten(1).amin(1) >= 0)
+    valid &= x_adv.flatten(1).amax(1) <= 1
+    pred = predict(model, x_adv)
+    return (pred == y) | ~valid, valid
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="mnist_cnn_pgd")
+    p.add_argument("--norms", default="linf,l2")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checks", action="store_true", help="also run advex's sanity checks")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    (peers, _) = split_available(["torchattacks"])
+    x, y = data.load("mnist5k", split="test")
+    x, y = x[: args.n], y[: args.n]
+    model = zoo.load(args.model).module.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    clean = predict(model, x) == y
+    print(
+        f"{args.model}, {len(y)} mnist5k test images (clean accuracy {clean.float().mean():.2%}), "
+        f"batch {args.batch_size}, {args.threads} threads, seed {args.seed}"
+    )
+    verdicts = []
+    for norm in args.norms.split(","):
+        eps = SETTINGS[norm]
+        print(f"\n== {norm} ε={eps:g} ==")
+        x_a, t_a, res, attack = run_advex(model, x, y, norm, eps, args.batch_size, args.seed)
+        rob_a, val_a = robust_mask(model, x, y, x_a, norm, eps)
+        rows = [("advex standard", rob_a, val_a, t_a)]
+        if "torchattacks" in peers:
+            x_t, t_t = run_torchattacks(model, x, y, norm, eps, args.batch_size, args.seed)
+            rob_t, val_t = robust_mask(model, x, y, x_t, norm, eps)
+            rows.append(("torchattacks AutoAttack", rob_t, val_t, t_t))
+        print(f"{'library':<26} {'robust acc':>10} {'invalid':>8} {'seconds':>9}")
+        for name, rob, val, t in rows:
+            print(f"{name:<26} {rob.float().mean():>10.2%} {int((~val).sum()):>8} {t:>9.1f}")
+        counts = res.broken_counts()
+        print("advex members (samples broken): " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if args.checks:
+            from advex.evaluate.checks import run_checks
+
+            for f in run_checks(model, x, y, attack, res, seed=args.seed):
+                print(f"  check {f.name}: {'FIRED' if f.fired else 'ok'} — {f.message}")
+        if len(rows) > 1:
+            only_t = (~rob_t & rob_a).nonzero().squeeze(1).tolist()
+            only_a = (~rob_a & rob_t).nonzero().squeeze(1).tolist()
+            print(f"broken by torchattacks only: {len(only_t)} {only_t[:20]}")
+            print(f"broken by advex only: {len(only_a)} {only_a[:20]}")
+            ra, rt = float(rob_a.float().mean()), float(rob_t.float().mean())
+            ratio = t_a / t_t
+            print(f"time advex/torchattacks: {ratio:.2f}×")
+            verdicts.append(
+                f"{norm}: robust acc {ra:.2%} vs {rt:.2%} "
+                f"{'PASS' if ra <= rt else 'FAIL'} (≤ peer); time {ratio:.2f}× "
+                f"{'PASS' if ratio <= 0.8 else 'FAIL'} (≤ 0.8×)"
+            )
+    if verdicts:
+        print("\nverdicts")
+        for v in verdicts:
+            print("  " + v)
+
+
+if __name__ == "__main__":
+    main()
