@@ -10,8 +10,10 @@ mnist5k test split, in batches of ``--batch-size`` with ``--threads`` CPU thread
   (a fair figure when success rates differ),
 * seconds, and advex's time as a fraction of the fastest peer's,
 
-then the issue's verdicts: success ≥ 99.5 %, median L2 ≤ the best peer's (≤ 1.00×), wall time ≤
-1.0× the fastest peer. Settings (the same iteration budget wherever the algorithms allow):
+then the issue's verdicts: success ≥ 99.5 %, median L2 ≤ the best peer's (≤ 1.00×; medians with
+failures counted as ∞, so a library that gives up on hard samples does not look closer), wall
+time ≤ 1.0× the fastest peer (and ≤ 1.0× the fastest peer that breaks ≥ 95 % of the samples,
+when that is another one). Settings (the same iteration budget wherever the algorithms allow):
 
 * DeepFool: 50 steps, overshoot 0.02, all 10 classes as candidates (advex, Foolbox
   ``L2DeepFoolAttack``, torchattacks ``DeepFool``, ART ``DeepFool``);
@@ -294,18 +296,27 @@ def main() -> None:
                 f"{'PASS' if ours.success >= 0.995 else 'FAIL'}"
             )
             if others:
-                best = min(r.median for r in others if not math.isnan(r.median))
+                # medians with failures counted as ∞: the fair figure when success rates differ
+                finite = [r.median_inf for r in others if math.isfinite(r.median_inf)]
+                if finite:
+                    ratio = ours.median_inf / min(finite)
+                    verdicts.append(
+                        f"{name} {attack}: median L2 (fail=∞) advex/best peer {ratio:.4f}× "
+                        f"(target ≤ 1.00×): {'PASS' if ratio <= 1.0 else 'FAIL'}"
+                    )
                 fastest = min(r.seconds for r in others)
-                ratio = ours.median / best
-                verdicts.append(
-                    f"{name} {attack}: median L2 advex/best peer {ratio:.3f}× (target ≤ 1.00×): "
-                    f"{'PASS' if ratio <= 1.0 else 'FAIL'}"
-                )
                 t = ours.seconds / fastest
                 verdicts.append(
                     f"{name} {attack}: time advex/fastest peer {t:.2f}× (target ≤ 1.0×): "
                     f"{'PASS' if t <= 1.0 else 'FAIL'}"
                 )
+                solid = [r.seconds for r in others if r.success >= 0.95]
+                if solid and min(solid) != fastest:
+                    t = ours.seconds / min(solid)
+                    verdicts.append(
+                        f"{name} {attack}: time advex/fastest peer with ≥ 95% success {t:.2f}× "
+                        f"(target ≤ 1.0×): {'PASS' if t <= 1.0 else 'FAIL'}"
+                    )
     print("\n" + "\n".join(verdicts))
 
 

@@ -99,15 +99,15 @@ def test_multiclass_affine_reaches_the_closest_boundary(
 @pytest.mark.parametrize(("norm", "q"), [("l2", 2.0), ("linf", 1.0)])
 def test_the_final_line_search_trims_the_overshoot(norm: str, q: float) -> None:
     """With the default segment search, the 2 % overshoot is bisected away: the distance lands
-    within 1/1024 (10 bisections) of the exact minimum, never below it."""
+    within 2⁻¹⁶ (16 bisections) of the exact minimum, never below it."""
     model, w, b, x, y = affine(6, seed=1)
     exact = closed_form(w, b, x, y, q, margin=0)
     res = DeepFool(ThreatModel(norm, bounds=WIDE))(model, x, y)
     assert bool(res.success.all())
     d = res.distance.double()
     assert bool((d >= exact - 1e-6).all())
-    assert bool((d <= exact * (1 + 1.03 / 1024) + 1e-5).all())
-    assert bool((res.queries >= 10).all())  # the 10 forward passes of the bisection
+    assert bool((d <= exact * (1 + 1.03 / 2**16) + 1e-5).all())
+    assert bool((res.queries >= 16).all())  # the 16 forward passes of the bisection
 
 
 def test_candidates_limit_the_classes_and_the_gradients() -> None:

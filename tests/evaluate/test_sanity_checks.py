@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from advex import ThreatModel, as_classifier
-from advex.attacks import APGD, APGDT, FGSM, Ensemble, Square, fast
+from advex.attacks import APGD, APGDT, FGSM, Ensemble, Square, fast, standard
 from advex.evaluate import checks
 
 
@@ -94,7 +94,7 @@ def test_blackbox_stronger_fires_on_a_staircase(digits):
 
 
 def test_not_converged_fires_on_a_weak_evaluation(digits):
-    threat = ThreatModel("linf", 0.06)
+    threat = ThreatModel("linf", 0.08)
     weak = Ensemble(threat, [FGSM(threat)])
     res = weak(digits.model, digits.x, digits.y)
     f = checks.not_converged(
@@ -159,7 +159,7 @@ def test_standard_evaluation_of_the_bundled_cnn_is_quiet():
     x, y = x[:100], y[:100]
     model = zoo.load("mnist_cnn")
     threat = ThreatModel("linf", 0.1)
-    attack = fast(threat)
+    attack = standard(threat)
     res = attack(model, x, y)
     assert 0.05 < res.robust_accuracy < res.clean_accuracy
     flags = checks.run_checks(model, x, y, attack, res)

@@ -524,7 +524,7 @@ class MinNormAttack(Attack):
     select: ClassVar[Select] = "distance"
     #: Bisection steps toward x along the segment to each best point after the attack (without
     #: eps; forward passes only). 0 turns it off.
-    line_search_steps: ClassVar[int] = 10
+    line_search_steps: ClassVar[int] = 16
 
     def _refine(self, run: Tracker) -> None:
         if self.threat.eps is None:

@@ -185,20 +185,22 @@ class Ensemble(Attack):
         raise TypeError("an Ensemble runs its member attacks; call it, do not run it in a Tracker")
 
 
-def _recipe(threat: ThreatModel, version: str, seed: int, batch_size: int | None) -> list[Attack]:
+def _recipe(
+    threat: ThreatModel, version: str, steps: int, seed: int, batch_size: int | None
+) -> list[Attack]:
     """The member attacks of a recipe (see the module docstring)."""
     common: dict[str, Any] = {"seed": seed, "batch_size": batch_size}
     if version == "fast":
         return [
-            APGD(threat, loss="ce", **common),
-            APGDT(threat, n_target_classes=3, **common),
+            APGD(threat, loss="ce", steps=steps, **common),
+            APGDT(threat, n_target_classes=3, steps=steps, **common),
         ]
     members: list[Attack] = [
-        APGD(threat, loss="ce", **common),
-        APGDT(threat, n_target_classes=9, **common),
+        APGD(threat, loss="ce", steps=steps, **common),
+        APGDT(threat, n_target_classes=9, steps=steps, **common),
     ]
     if threat.norm in ("linf", "l2"):
-        members.append(FABT(threat, n_target_classes=9, **common))
+        members.append(FABT(threat, n_target_classes=9, steps=steps, **common))
         members.append(Square(threat, max_queries=5000, **common))
     return members
 
@@ -212,15 +214,17 @@ class Standard(Ensemble):
     version: ClassVar[str] = "standard"
 
     def __init__(
-        self, threat: ThreatModel, *, seed: int = 0, batch_size: int | None = None
+        self,
+        threat: ThreatModel,
+        *,
+        steps: int = 100,
+        seed: int = 0,
+        batch_size: int | None = None,
     ) -> None:
         Attack.__init__(self, threat, seed=seed, batch_size=batch_size)
-        super().__init__(
-            threat,
-            _recipe(threat, self.version, seed, batch_size),
-            seed=seed,
-            batch_size=batch_size,
-        )
+        members = _recipe(threat, self.version, steps, seed, batch_size)
+        super().__init__(threat, members, seed=seed, batch_size=batch_size)
+        self.steps = steps
 
 
 class Fast(Standard):
@@ -230,11 +234,16 @@ class Fast(Standard):
     version: ClassVar[str] = "fast"
 
 
-def standard(threat: ThreatModel, *, seed: int = 0, batch_size: int | None = None) -> Standard:
-    """AutoAttack's standard recipe for ``threat`` (untargeted; L∞, L2, or L1)."""
-    return Standard(threat, seed=seed, batch_size=batch_size)
+def standard(
+    threat: ThreatModel, *, steps: int = 100, seed: int = 0, batch_size: int | None = None
+) -> Standard:
+    """AutoAttack's standard recipe for ``threat`` (untargeted; L∞, L2, or L1); ``steps`` are
+    the iterations of APGD, APGD-T and FAB-T (100 in AutoAttack)."""
+    return Standard(threat, steps=steps, seed=seed, batch_size=batch_size)
 
 
-def fast(threat: ThreatModel, *, seed: int = 0, batch_size: int | None = None) -> Fast:
+def fast(
+    threat: ThreatModel, *, steps: int = 100, seed: int = 0, batch_size: int | None = None
+) -> Fast:
     """The cheaper recipe: APGD-CE and APGD-T (3 target classes)."""
-    return Fast(threat, seed=seed, batch_size=batch_size)
+    return Fast(threat, steps=steps, seed=seed, batch_size=batch_size)
