@@ -203,17 +203,3 @@ def test_defaults_names_and_bad_arguments() -> None:
                 FAB(ThreatModel("l2"), **kwargs)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=name):
             FABT(ThreatModel("l2"), **kwargs)  # type: ignore[arg-type]
-
-
-def test_with_eps_one_forward_per_step(digits) -> None:
-    """With an eps a step costs one forward + backward (the linearization also decides the step
-    back); a sample that never succeeds spends 1 (clean) + steps + 1 (last iterate)."""
-    x, y = digits.x[:16], digits.y[:16]
-    res = FABT(ThreatModel("linf", 0.01), steps=7, n_target_classes=1)(digits.model, x, y)
-    robust = ~res.success
-    assert bool(robust.any())
-    assert res.queries[robust].tolist() == [1 + 7 + 1] * int(robust.sum())
-    assert res.gradients[robust].tolist() == [7] * int(robust.sum())
-    # and those samples do need more than ε: the minimum-norm run finds nothing closer
-    free = FABT(ThreatModel("linf"), steps=7, n_target_classes=1)(digits.model, x, y)
-    assert bool((free.distance[robust] > 0.01).all())

@@ -41,20 +41,10 @@ Differences from the paper and the reference code (fra31/auto-attack, ``fab_pt.p
   the single pair (c, s = t), with c the largest non-target class at the last point evaluated
   (y at first) rather than always y: the iterate must overtake whichever class wins there
   (2 gradients per step);
-* with an ``eps``, one forward per step, not two: the paper evaluates the new iterate (to
-  decide the step back) and then linearizes at it, i.e. at the stepped-back point when it was
-  adversarial. Here the forward pass that linearizes at x⁽ⁱ⁾ also decides whether x⁽ⁱ⁾ is
-  adversarial, and if so the next step starts from x + β(x⁽ⁱ⁾ − x) using the hyperplane
-  linearized at x⁽ⁱ⁾ (a point 10 % closer to x, on the same local linear model). Identical
-  while the iterate is not adversarial — a sample stops at its first success inside the ball —
-  and a quarter cheaper per step (forward + backward instead of 2 forwards + backward), which
-  is what an ε-bounded evaluation such as the ``standard`` ensemble spends its time on.
-  Without an eps the paper's order is kept;
-* every evaluated point goes through the tracker, which keeps the smallest success; without an
-  ``eps`` it is finally trimmed by a bisection toward x (``MinNormAttack``). Per step: two
-  forward passes (one with an eps, plus one at the last iterate), and K backward passes
-  untargeted (n + 1 with ``n_target_classes`` = n ≥ 2), 1 for a single pair (targeted, FAB-T,
-  n = 1).
+* every evaluated point (the linearization point and the new iterate) goes through the tracker,
+  which keeps the smallest success; without an ``eps`` it is finally trimmed by a bisection
+  toward x (``MinNormAttack``). Per step: 2 forward passes, and K backward passes untargeted
+  (n + 1 with ``n_target_classes`` = n ≥ 2), 1 for a single pair (targeted, FAB-T, n = 1).
 
 Defaults are the paper's: steps=100, α_max=0.1, η=1.05, β=0.9; FAB-T n_target_classes=9.
 """
@@ -179,46 +169,29 @@ class FAB(MinNormAttack):
             self._attack(run, rank, random)
 
     def _attack(self, run: Tracker, rank: int | None, random: bool) -> None:
-        """One run of ``steps`` FAB iterations on the active rows.
-
-        Without an eps (minimum norm), as the paper: linearize at x⁽ⁱ⁾, step, evaluate the new
-        iterate and step back if it is adversarial (2 forwards + backward per step). With an eps,
-        one forward + backward per step: the pass that linearizes at x⁽ⁱ⁾ also says whether
-        x⁽ⁱ⁾ is adversarial (see the module docstring).
-        """
+        """One run of ``steps`` FAB iterations on the active rows."""
         threat = self.threat
         lo, hi = threat.bounds
-        one_pass = threat.eps is not None
-        view = (-1,) + (1,) * (run.x.ndim - 1)
         x_adv = self._random_start(run) if random else run.x.clone()
         rival = self._rival(run, run.clean_logits)
         for _ in run.steps(self.steps):
             classes = self._classes(run, rank, rival)
-            logits, f, g = self._linearize(run, x_adv, classes)
-            x_adv, f, g, logits = run.shrink(x_adv, f, g, logits)
+            f, g = self._linearize(run, x_adv, classes)
+            x_adv, f, g, rival = run.shrink(x_adv, f, g, rival)
             if run.n_active == 0:
                 return
-            if one_pass:
-                won = succeeded(logits.argmax(dim=1), run.y, run.target, threat.targeted)
-                rival = self._rival(run, logits)
-                start = torch.where(won.view(view), run.x + self.beta * (x_adv - run.x), x_adv)
-                x_adv = self._step(run.x, x_adv, start, f, g).clamp(lo, hi)
-                continue
-            x_adv = self._step(run.x, x_adv, x_adv, f, g).clamp(lo, hi)
+            x_adv = self._step(run.x, x_adv, f, g).clamp(lo, hi)
             with torch.no_grad():
                 logits = run.forward(x_adv)
             won = succeeded(logits.argmax(dim=1), run.y, run.target, threat.targeted)
             rival = self._rival(run, logits)
-            x_adv = torch.where(won.view(view), run.x + self.beta * (x_adv - run.x), x_adv)
+            back = run.x + self.beta * (x_adv - run.x)
+            x_adv = torch.where(won.view(-1, *[1] * (x_adv.ndim - 1)), back, x_adv)
             x_adv, rival = run.shrink(x_adv, rival)
-        if one_pass and run.n_active:
-            with torch.no_grad():
-                run.forward(x_adv)
 
     @staticmethod
-    def _linearize(run: Tracker, x_adv: Tensor, classes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits, f_s = z_s − z_c (B, k − 1) and g_s = ∇f_s (B, k − 1, d) at x_adv,
-        c = classes[:, 0].
+    def _linearize(run: Tracker, x_adv: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+        """f_s = z_s − z_c (B, k − 1) and g_s = ∇f_s (B, k − 1, d) at x_adv, c = classes[:, 0].
 
         A single pair costs one gradient (of the difference); more classes one per class.
         """
@@ -228,15 +201,14 @@ class FAB(MinNormAttack):
                 z = logits.gather(1, classes)
                 return z[:, 1] - z[:, 0]
 
-            logits, values, grad = run.value_and_grad(x_adv - run.x, gap)
-            return logits, values.unsqueeze(1), grad.flatten(1).unsqueeze(1)
+            _, values, grad = run.value_and_grad(x_adv - run.x, gap)
+            return values.unsqueeze(1), grad.flatten(1).unsqueeze(1)
         logits, jac = run.jacobian(x_adv, classes)
         z = logits.gather(1, classes)
-        return logits, z[:, 1:] - z[:, :1], (jac[:, 1:] - jac[:, :1]).flatten(2)
+        return z[:, 1:] - z[:, :1], (jac[:, 1:] - jac[:, :1]).flatten(2)
 
-    def _step(self, x: Tensor, x_lin: Tensor, x_adv: Tensor, f: Tensor, g: Tensor) -> Tensor:
-        """The FAB update of x_adv from f (B, k − 1) and g (B, k − 1, d) linearized at x_lin
-        (see the module docstring)."""
+    def _step(self, x: Tensor, x_adv: Tensor, f: Tensor, g: Tensor) -> Tensor:
+        """The FAB update from f (B, k − 1) and g (B, k − 1, d) at x_adv (see module doc)."""
         norm = self.threat.norm
         lo, hi = self.threat.bounds
         dual = lp_norm(g.flatten(0, 1), _DUAL[norm]).view(f.shape)
@@ -244,7 +216,7 @@ class FAB(MinNormAttack):
         w = g[torch.arange(len(s), device=s.device), s]  # (B, d)
         f_s = f.gather(1, s.unsqueeze(1)).squeeze(1)
         flat, flat_x = x_adv.flatten(1), x.flatten(1)
-        b = f_s - (w * x_lin.flatten(1)).sum(dim=1)  # the hyperplane ⟨w, z⟩ + b = 0
+        b = f_s - (w * flat).sum(dim=1)  # the hyperplane ⟨w, z⟩ + b = 0
         both = project_hyperplane(
             torch.cat([flat, flat_x]), torch.cat([w, w]), torch.cat([b, b]), lo, hi, norm
         )
