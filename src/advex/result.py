@@ -20,9 +20,11 @@ targeted threat, success means ``pred == target`` and robust accuracy is still `
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor
@@ -148,30 +150,31 @@ class AttackResult:
             )
         return out
 
-    def take(self, rows: Tensor) -> AttackResult:
+    #: The per-sample tensor fields (``target`` too, when not None).
+    PER_SAMPLE: ClassVar[tuple[str, ...]] = (
+        "x_adv",
+        "success",
+        "distance",
+        "pred",
+        "y",
+        "target",
+        "clean_pred",
+        "queries",
+        "gradients",
+        "steps",
+    )
+
+    def map_samples(self, fn: Callable[[Tensor], Tensor]) -> Self:
+        """A copy (of the same class) with ``fn`` applied to every per-sample tensor."""
+        changes: dict[str, Any] = {}
+        for name in self.PER_SAMPLE:
+            value = getattr(self, name)
+            changes[name] = None if value is None else fn(value)
+        return dataclasses.replace(self, **changes)
+
+    def take(self, rows: Tensor) -> Self:
         """The result restricted to the samples ``rows`` (indices or a bool mask)."""
-        fields = {
-            name: getattr(self, name)[rows]
-            for name in (
-                "x_adv",
-                "success",
-                "distance",
-                "pred",
-                "y",
-                "clean_pred",
-                "queries",
-                "gradients",
-                "steps",
-            )
-        }
-        return AttackResult(
-            **fields,
-            target=None if self.target is None else self.target[rows],
-            seconds=self.seconds,
-            attack=self.attack,
-            threat=self.threat,
-            params=self.params,
-        )
+        return self.map_samples(lambda t: t[rows])
 
     @staticmethod
     def concat(parts: list[AttackResult], seconds: float | None = None) -> AttackResult:
@@ -179,21 +182,12 @@ class AttackResult:
         if not parts:
             raise ValueError("parts: nothing to concatenate")
         first = parts[0]
-
-        def cat(name: str) -> Tensor:
-            return torch.cat([getattr(p, name) for p in parts])
-
+        joined: dict[str, Any] = {}
+        for name in AttackResult.PER_SAMPLE:
+            values = [getattr(p, name) for p in parts]
+            joined[name] = None if values[0] is None else torch.cat(values)
         return AttackResult(
-            x_adv=cat("x_adv"),
-            success=cat("success"),
-            distance=cat("distance"),
-            pred=cat("pred"),
-            y=cat("y"),
-            target=None if first.target is None else cat("target"),
-            clean_pred=cat("clean_pred"),
-            queries=cat("queries"),
-            gradients=cat("gradients"),
-            steps=cat("steps"),
+            **joined,
             seconds=sum(p.seconds for p in parts) if seconds is None else seconds,
             attack=first.attack,
             threat=first.threat,

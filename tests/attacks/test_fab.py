@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from linear_problem import DUAL, WIDE, closed_form, linear
 from torch import nn
 
 from advex import ThreatModel
@@ -13,39 +14,15 @@ from advex.attacks.fab import FAB, FABT
 from advex.attacks.hyperplane import project_hyperplane
 from advex.norms import lp_norm
 
-WIDE = (-10.0, 10.0)  # a box that never binds: the linear problem has a closed form
-DUAL = {"l2": 2.0, "linf": 1.0, "l1": math.inf}
-
-
-def _linear(classes: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
-    x = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-    return model, x, y
-
-
-def _closed_form(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dual: float) -> torch.Tensor:
-    """min_{s≠c} (z_c − z_s)/‖w_c − w_s‖_q: the smallest ‖δ‖_p that reaches another class."""
-    w = model[1].weight.detach()
-    with torch.no_grad():
-        z = model(x)
-    gap = z.gather(1, y[:, None]) - z  # (B, K)
-    diff = w[y][:, None, :] - w[None, :, :]  # (B, K, d)
-    dist = gap / diff.norm(p=dual, dim=2).clamp_min(1e-12)
-    dist[torch.arange(len(y)), y] = math.inf
-    return dist.min(dim=1).values
-
 
 @pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
 def test_reaches_the_closed_form_on_a_linear_model(norm: str) -> None:
     """Five classes: FAB linearizes every class, and on an affine model the linearization is
     exact, so it finds min_s |f_s|/‖w_s − w_c‖_q for every sample (within 1 %)."""
-    model, x, y = _linear(5)
+    model, x, y = linear(5)
     res = FAB(ThreatModel(norm, bounds=WIDE), steps=20)(model, x, y)
     assert bool(res.success.all())
-    ratio = res.distance / _closed_form(model, x, y, DUAL[norm])
+    ratio = res.distance / closed_form(model, x, y, DUAL[norm])
     assert bool((ratio >= 1 - 1e-4).all()), "below the true minimum: a bug"
     assert bool((ratio <= 1.01).all()), float(ratio.max())
 
@@ -71,7 +48,7 @@ def test_respects_a_binding_box(norm: str) -> None:
     w = (model[1].weight[1] - model[1].weight[0]).detach().expand(16, -1)
     b = (model[1].bias[1] - model[1].bias[0]).detach().expand(16)
     exact = lp_norm(project_hyperplane(x.flatten(1), w, b, 0.0, 1.0, norm), norm)
-    unboxed = _closed_form(model, x, y, DUAL[norm])
+    unboxed = closed_form(model, x, y, DUAL[norm])
     assert bool((exact > 1.05 * unboxed).any()), "the box should bind for some samples"
     assert bool(res.success.all())
     assert bool(((res.x_adv >= 0) & (res.x_adv <= 1)).all())

@@ -2,49 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch import nn
+from linear_problem import DUAL, WIDE, closed_form, linear
 
 from advex import ThreatModel
 from advex.attacks.fmn import FMN
-
-WIDE = (-10.0, 10.0)  # a box that never binds: the linear problem has a closed form
-
-
-def _linear(classes: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
-    x = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-    return model, x, y
-
-
-def _closed_form(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dual: float) -> torch.Tensor:
-    """min_{k≠y} (z_y − z_k)/‖w_y − w_k‖_q: the smallest ‖δ‖_p that reaches another class."""
-    w = model[1].weight.detach()
-    with torch.no_grad():
-        z = model(x)
-    gap = z.gather(1, y[:, None]) - z  # (B, K)
-    diff = w[y][:, None, :] - w[None, :, :]  # (B, K, d)
-    dist = gap / diff.norm(p=dual, dim=2).clamp_min(1e-12)
-    dist[torch.arange(len(y)), y] = math.inf
-    return dist.min(dim=1).values
-
-
-DUAL = {"l2": 2.0, "linf": 1.0, "l1": math.inf}
 
 
 @pytest.mark.parametrize(("norm", "rtol"), [("l2", 1e-3), ("linf", 1e-2), ("l1", 2e-2)])
 def test_reaches_the_closed_form_on_a_linear_model(norm: str, rtol: float) -> None:
     """Two classes: one boundary, so the minimal ‖δ‖_p is |f|/‖w‖_q (q the dual norm)."""
-    model, x, y = _linear(2)
+    model, x, y = linear(2)
     res = FMN(ThreatModel(norm, bounds=WIDE))(model, x, y)
     assert bool(res.success.all())
-    ratio = res.distance / _closed_form(model, x, y, DUAL[norm])
+    ratio = res.distance / closed_form(model, x, y, DUAL[norm])
     assert bool((ratio >= 1 - 1e-4).all()), "below the true minimum: a bug"
     assert bool((ratio <= 1 + rtol).all())
 
@@ -54,10 +26,10 @@ def test_nearly_reaches_the_closed_form_among_many_classes(norm: str) -> None:
     """Five classes: min_k |f_k|/‖w_k‖_q. Ascent on the margin heads for the runner-up class,
     which for a few samples is not the nearest one (a local optimum of every margin-based
     minimum-norm attack); nearly all samples still land within 1% of the minimum."""
-    model, x, y = _linear(5)
+    model, x, y = linear(5)
     res = FMN(ThreatModel(norm, bounds=WIDE))(model, x, y)
     assert bool(res.success.all())
-    ratio = res.distance / _closed_form(model, x, y, DUAL[norm])
+    ratio = res.distance / closed_form(model, x, y, DUAL[norm])
     assert bool((ratio >= 1 - 1e-4).all())
     assert float((ratio <= 1.01).float().mean()) >= 0.9
 
@@ -65,7 +37,7 @@ def test_nearly_reaches_the_closed_form_among_many_classes(norm: str) -> None:
 def test_l0_finds_the_fewest_elements_on_a_linear_model() -> None:
     """Changing element i moves f = z_1 − z_0 by at most |w_i|·(its range in the box); the
     fewest elements that close the gap are the largest such moves (a greedy closed form)."""
-    model, x, y = _linear(2)
+    model, x, y = linear(2)
     bounds = (0.0, 1.0)
     res = FMN(ThreatModel("l0", bounds=bounds))(model, x, y)
     assert bool(res.success.all())

@@ -60,6 +60,8 @@ class EnsembleResult(AttackResult):
             samples' indices (``rows``) into the ensemble's inputs.
     """
 
+    PER_SAMPLE: ClassVar[tuple[str, ...]] = (*AttackResult.PER_SAMPLE, "broken_by")
+
     broken_by: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     members: list[str] = field(default_factory=list)
     member_results: list[tuple[Tensor, AttackResult]] = field(default_factory=list, repr=False)

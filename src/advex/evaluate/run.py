@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from advex.attacks.ensemble import Ensemble, EnsembleResult
+from advex.attacks.ensemble import Ensemble
 from advex.evaluate.checks import Flag, run_checks
 from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_row
 from advex.evaluate.plan import PlanEntry
@@ -290,23 +290,7 @@ def _bar_width() -> dict[str, Any]:
 
 
 def _to_cpu(result: AttackResult) -> AttackResult:
-    for name in (
-        "x_adv",
-        "success",
-        "distance",
-        "pred",
-        "y",
-        "clean_pred",
-        "queries",
-        "gradients",
-        "steps",
-    ):
-        setattr(result, name, getattr(result, name).cpu())
-    if result.target is not None:
-        result.target = result.target.cpu()
-    if isinstance(result, EnsembleResult):
-        result.broken_by = result.broken_by.cpu()
-    return result
+    return result.map_samples(lambda t: t.cpu())
 
 
 def write_results(
