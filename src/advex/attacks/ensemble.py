@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -177,7 +177,7 @@ class Ensemble(Attack):
                 params=self.params(),
             )
         return EnsembleResult(
-            **{f: getattr(checked, f) for f in AttackResult.__dataclass_fields__},
+            **{f.name: getattr(checked, f.name) for f in fields(AttackResult)},
             broken_by=broken_by,
             members=[a.name for a in self.attacks],
             member_results=member_results,
