@@ -9,7 +9,9 @@ found and makes them valid, then measures them itself:
    increases any ‖x' − x‖_p;
 4. check the three constraints (raising ``RuntimeError`` if any fails: a bug, never silence);
 5. run the model once more on the returned points: ``pred`` and ``success`` come from that
-   pass, ``distance`` from the returned points.
+   pass, ``distance`` from the returned points. For a black-box attack this pass asks the
+   oracle for labels; it is not one of the attack's queries (``queries`` excludes it) but the
+   oracle's own totals include it.
 
 Clean samples the model already gets wrong: for an untargeted threat they are returned
 unchanged (x' = x, distance 0) and count as successes, as in AutoAttack; ``robust_accuracy``
@@ -31,6 +33,7 @@ from torch import Tensor
 
 from advex.model import Classifier
 from advex.norms import lp_norm, on_grid, project, quantize
+from advex.oracle import Oracle
 from advex.threat import ThreatModel
 
 __all__ = ["AttackResult", "ball_tolerance", "finalize", "succeeded"]
@@ -243,7 +246,7 @@ def check_valid(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
 
 
 def finalize(
-    model: Classifier,
+    model: Classifier | Oracle,
     x: Tensor,
     y: Tensor,
     x_adv: Tensor,
@@ -262,7 +265,7 @@ def finalize(
     with torch.no_grad():
         x_adv = make_valid(x_adv.detach(), x, threat)
         distance = check_valid(x_adv, x, threat)
-        pred = model(x_adv).argmax(dim=1)
+        pred = model.labels(x_adv) if isinstance(model, Oracle) else model(x_adv).argmax(dim=1)
     success = succeeded(pred, y, target, threat.targeted)
     return AttackResult(
         x_adv=x_adv,

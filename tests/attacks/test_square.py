@@ -174,7 +174,7 @@ def test_every_query_lies_in_ball_and_box(norm, shape) -> None:
     rec = Recorder(model)
     eps = EPS[norm] * (3 if norm == "l2" else 1)
     Square(ThreatModel(norm, eps), max_queries=50, early_stop=False)(rec, x, labels(model, x))
-    queried = torch.stack(rec.inputs[2:-1])  # skip the input probe, the clean pass, re-check
+    queried = torch.stack(rec.inputs[1:-1])  # skip the clean pass and the re-check
     assert queried.shape[:2] == (49, 6)  # init + 48 iterations, all six samples every time
     assert float(queried.min()) >= 0.0 and float(queried.max()) <= 1.0
     delta = (queried - x).flatten(2)

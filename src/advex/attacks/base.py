@@ -54,7 +54,7 @@ class Tracker:
 
     def __init__(
         self,
-        model: Classifier,
+        model: Classifier | None,
         x: Tensor,
         y: Tensor,
         target: Tensor | None,
@@ -77,7 +77,7 @@ class Tracker:
         self.gradients = torch.zeros(b, dtype=torch.long, device=dev)
         self.step_count = torch.zeros(b, dtype=torch.long, device=dev)
         with torch.no_grad():
-            logits = model(x)
+            logits = self._evaluate(x)
         self.queries += 1
         self._clean_logits = logits.detach()
         self.clean_pred = self._clean_logits.argmax(dim=1)
@@ -94,6 +94,17 @@ class Tracker:
         self.done = done | self._inactive
         self.rows = torch.nonzero(~self.done).squeeze(1)
         self._slice()
+
+    def _evaluate(self, point: Tensor) -> Tensor:
+        """Logits of the model at ``point`` (every evaluation of the attack goes through here)."""
+        assert self.model is not None
+        return self.model(point)
+
+    @property
+    def clf(self) -> Classifier:
+        """The white-box model (gradients allowed)."""
+        assert self.model is not None
+        return self.model
 
     # ----- the active rows -------------------------------------------------------------
     def _slice(self) -> None:
@@ -147,12 +158,16 @@ class Tracker:
         """Yield restart indices; restart r > 0 runs only on samples not yet successful."""
         for r in range(n):
             if r > 0:
-                self.done = self.best_success | self._inactive
+                self.done = self._finished()
                 self.rows = torch.nonzero(~self.done).squeeze(1)
                 self._slice()
             if self.n_active == 0:
                 return
             yield r
+
+    def _finished(self) -> Tensor:
+        """(B,) samples no restart may attack again."""
+        return self.best_success | self._inactive
 
     def steps(self, n: int) -> Iterator[int]:
         """Yield step indices until ``n`` or until no sample is active; counts steps per sample."""
@@ -182,8 +197,10 @@ class Tracker:
         return tuple(t[keep] for t in tensors)
 
     # ----- evaluating points ------------------------------------------------------------
-    def _valid_view(self, x_adv: Tensor) -> Tensor:
-        """x_adv clipped to the box and rounded onto the grid; gradients pass straight through."""
+    def _valid_view(self, x_adv: Tensor, x: Tensor | None = None) -> Tensor:
+        """x_adv clipped to the box and rounded onto the grid; gradients pass straight through.
+
+        ``x``: the clean points x_adv belongs to (default: the active rows' x)."""
         lo, hi = self.threat.bounds
         if self.threat.levels is None and x_adv.numel():
             bound = x_adv.detach()
@@ -194,7 +211,7 @@ class Tracker:
         if self.threat.eps is None:
             valid = round_to_grid(clipped, self.threat)
         else:
-            valid = quantize(clipped, self.x, self.threat)
+            valid = quantize(clipped, self.x if x is None else x, self.threat)
         if not x_adv.requires_grad:
             return valid
         return x_adv + (valid - x_adv).detach()
@@ -202,7 +219,7 @@ class Tracker:
     def forward(self, x_adv: Tensor) -> Tensor:
         """Logits of the active rows at ``x_adv``; records the best point per sample."""
         point = self._valid_view(x_adv)
-        logits = self.model(point)
+        logits = self._evaluate(point)
         self.queries[self.rows] += 1
         self.record(point.detach(), logits.detach())
         return logits
@@ -224,7 +241,7 @@ class Tracker:
                 values = values - penalty(delta)
             (grad,) = torch.autograd.grad(values.sum(), delta)
         self.gradients[self.rows] += 1
-        self.model.backward_count += self.n_active
+        self.clf.backward_count += self.n_active
         return logits.detach(), values.detach(), grad
 
     def line_search(self, steps: int) -> None:
@@ -277,15 +294,22 @@ class Tracker:
                 (g,) = torch.autograd.grad(picked[:, j].sum(), point, retain_graph=j < k - 1)
                 grads.append(g)
         self.gradients[self.rows] += k
-        self.model.backward_count += self.n_active * k
+        self.clf.backward_count += self.n_active * k
         return logits.detach(), torch.stack(grads, dim=1)
 
-    def record(self, point: Tensor, logits: Tensor) -> None:
-        """Keep ``point`` for each active sample where it beats the best so far."""
-        rows = self.rows
-        success = succeeded(logits.argmax(dim=1), self.y, self.target, self.threat.targeted)
-        score = margin(logits, self.y, self.labels_target).to(self.best_score.dtype)
-        distance = lp_norm(point - self.x, self.threat.norm).to(self.best_distance.dtype)
+    def record(self, point: Tensor, logits: Tensor, at: Tensor | None = None) -> None:
+        """Keep ``point`` for each active sample where it beats the best so far.
+
+        ``at``: distinct positions among the active rows the points belong to (default: one
+        point per active row, in order)."""
+        rows, x, y, target = self.rows, self.x, self.y, self.target
+        if at is not None:
+            rows, x, y = rows[at], x[at], y[at]
+            target = None if target is None else target[at]
+        success = succeeded(logits.argmax(dim=1), y, target, self.threat.targeted)
+        score = margin(logits, y, target if self.threat.targeted else None)
+        score = score.to(self.best_score.dtype)
+        distance = lp_norm(point - x, self.threat.norm).to(self.best_distance.dtype)
         ok = torch.ones_like(success)
         if self.threat.eps is not None:
             ok = distance <= self.threat.eps + ball_tolerance(self.threat.eps)
@@ -388,7 +412,7 @@ class Attack(abc.ABC):
         unchanged (x' = x) and cost one query (the clean pass). They keep their place in the
         batches, so the attacked samples get the same random numbers as in a run on all.
         """
-        clf = as_classifier(model, bounds=self.threat.bounds)
+        clf = self._wrap(model)
         x, y, target = self._checked(clf, x, y, target)
         active = check_active(active, x)
         start = time.perf_counter()
@@ -408,19 +432,21 @@ class Attack(abc.ABC):
                 )
         return AttackResult.concat(parts, seconds=time.perf_counter() - start)
 
-    def _run_batch(
+    def _wrap(self, model: Any) -> Any:
+        """What the attack works on: a white-box ``Classifier`` (black-box attacks: an Oracle)."""
+        return as_classifier(model, bounds=self.threat.bounds)
+
+    def _tracker(
         self,
-        clf: Classifier,
+        clf: Any,
         x: Tensor,
         y: Tensor,
         target: Tensor | None,
-        index: int,
-        active: Tensor | None = None,
-    ) -> AttackResult:
-        start = time.perf_counter()
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(self.seed * 1_000_003 + index)
-        run = Tracker(
+        generator: torch.Generator,
+        active: Tensor | None,
+    ) -> Tracker:
+        """The per-batch tracker the attack's ``_run`` works in."""
+        return Tracker(
             clf,
             x,
             y,
@@ -431,6 +457,20 @@ class Attack(abc.ABC):
             select=self.select,
             active=active,
         )
+
+    def _run_batch(
+        self,
+        clf: Any,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        index: int,
+        active: Tensor | None = None,
+    ) -> AttackResult:
+        start = time.perf_counter()
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(self.seed * 1_000_003 + index)
+        run = self._tracker(clf, x, y, target, generator, active)
         if run.n_active:
             self._run(run)
             self._refine(run)
@@ -451,7 +491,7 @@ class Attack(abc.ABC):
         )
 
     def _checked(
-        self, clf: Classifier, x: Any, y: Any, target: Any
+        self, clf: Any, x: Any, y: Any, target: Any
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         if isinstance(x, Tensor):
             x = x.to(clf.device)
@@ -459,7 +499,8 @@ class Attack(abc.ABC):
             y = y.to(clf.device)
         if isinstance(target, Tensor):
             target = target.to(clf.device)
-        if clf.num_classes is None and isinstance(x, Tensor) and x.ndim >= 2 and len(x):
+        infer = isinstance(clf, Classifier) and clf.num_classes is None
+        if infer and isinstance(x, Tensor) and x.ndim >= 2 and len(x):
             with torch.no_grad(), clf.attacking():
                 clf(x[:1] if x.is_floating_point() else x[:1].float())
         x, y, target = check_inputs(
@@ -478,7 +519,7 @@ class Attack(abc.ABC):
             )
         return x.detach(), y, target
 
-    def _targets(self, clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    def _targets(self, clf: Any, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         """Targets for a targeted threat; subclasses may choose them when none are given."""
         if target is None:
             raise ValueError("target: the threat model is targeted; pass target labels")

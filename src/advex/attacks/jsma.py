@@ -136,7 +136,7 @@ def _target_and_sum_gradients(
         )
         (grad_sum,) = torch.autograd.grad(logits.sum(), point)
     run.gradients[run.rows] += 2
-    run.model.backward_count += 2 * run.n_active
+    run.clf.backward_count += 2 * run.n_active
     return logits.detach(), grad_t, grad_sum
 
 

@@ -55,8 +55,8 @@ import torch
 from torch import Tensor
 
 from advex.attacks import checks, losses
-from advex.attacks.base import Attack, Tracker
-from advex.model import Classifier
+from advex.attacks.base import Tracker
+from advex.attacks.blackbox.base import BlackBoxAttack
 from advex.norms import lp_norm, project
 from advex.threat import ThreatModel
 
@@ -139,12 +139,12 @@ def _l2_update(delta: Tensor, in1: Tensor, in2: Tensor, bump: Tensor, eps: float
     return torch.where(in1, update, torch.where(in2, torch.zeros_like(delta), delta))
 
 
-class Square(Attack):
+class Square(BlackBoxAttack):
     """Square attack (random search on square windows); score-based, no gradients.
 
     Args:
         threat: an L∞ or L2 threat model with ``eps``.
-        max_queries: forward passes per sample and restart, the clean pass included (≥ 2).
+        max_queries: oracle queries per sample and restart, the clean pass included (≥ 2).
         p_init: initial fraction of pixels a window covers, in (0, 1].
         restarts: runs from a fresh init, each only on samples still unbroken.
         loss: what the search maximizes: "margin" (default), "ce" (the paper's targeted
@@ -167,21 +167,23 @@ class Square(Attack):
         batch_size: int | None = None,
         early_stop: bool = True,
     ) -> None:
-        super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        checks.positive_int("max_queries", max_queries)
-        if max_queries < 2:
-            raise ValueError(
-                f"max_queries: expected an integer >= 2 (the clean pass and the initial "
-                f"point), got {max_queries!r}"
-            )
-        self.max_queries = max_queries
+        super().__init__(
+            threat,
+            max_queries=max_queries,
+            seed=seed,
+            batch_size=batch_size,
+            early_stop=early_stop,
+        )
         self.p_init = checks.fraction("p_init", p_init, closed=True)
         self.restarts = checks.positive_int("restarts", restarts)
         self._loss = losses.get(loss)
         self.loss = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
 
+    def _budget(self) -> int:
+        return self.max_queries * self.restarts
+
     def _checked(
-        self, clf: Classifier, x: Any, y: Any, target: Any
+        self, clf: Any, x: Any, y: Any, target: Any
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         x, y, target = super()._checked(clf, x, y, target)
         if x.ndim != 4:
