@@ -122,6 +122,13 @@ class Classifier(nn.Module):
         """Top-1 labels (B,), computed without gradients in batches."""
         return self.logits(x, batch_size).argmax(dim=1)
 
+    def oracle(self, access: str = "scores", *, budget: int | None = None) -> Any:
+        """Black-box access to this model at ``access`` ("scores" or "label"): an
+        ``advex.oracle.Oracle`` that gives no gradients and counts every query."""
+        from advex.oracle import as_oracle
+
+        return as_oracle(self, access, bounds=self.bounds, budget=budget)  # type: ignore[arg-type]
+
 
 def looks_like_probabilities(logits: Tensor, atol: float = 1e-3) -> bool:
     """Whether every row of ``logits`` (B, K), K ≥ 2, lies in [0, 1] and sums to 1 (± atol)."""

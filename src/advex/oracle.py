@@ -208,6 +208,7 @@ class Oracle:
             raise TypeError("x: expected a floating-point torch.Tensor")
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"x: expected a non-empty batch (B, ...), got {tuple(x.shape)}")
+        x = x.detach()
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x: contains NaN or Inf")
         lo, hi = self.bounds
