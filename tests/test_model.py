@@ -54,6 +54,26 @@ def test_attacking_restores_after_an_exception(tiny_cnn: nn.Module) -> None:
     assert all(p.requires_grad for p in tiny_cnn.parameters())
 
 
+def test_channels_last_while_attacking_then_restored(tiny_cnn: nn.Module, images) -> None:
+    weight = tiny_cnn[0].weight
+    ptr, strides = weight.data_ptr(), weight.stride()
+    clf = Classifier(tiny_cnn)
+    assert clf.channels_last  # on by default for a module with a Conv2d
+    tiny_cnn.eval()
+    with torch.no_grad():
+        reference = tiny_cnn(images)
+    with torch.no_grad(), clf.attacking():
+        assert weight.stride() == weight.data.to(memory_format=torch.channels_last).stride()
+        with clf.attacking():  # re-entrant: the inner context changes nothing
+            inner = clf(images)
+        assert weight.stride() != strides
+        logits = clf(images)
+    assert weight.data_ptr() == ptr and weight.stride() == strides  # the original is back
+    assert torch.allclose(logits, reference, atol=1e-5) and torch.equal(inner, logits)
+    assert not Classifier(tiny_cnn, channels_last=False).channels_last
+    assert not Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10))).channels_last
+
+
 def test_eval_mode_really_changes_the_output(tiny_cnn: nn.Module, images) -> None:
     """Dropout/BatchNorm make train and eval outputs differ; attacking() gives the eval one."""
     tiny_cnn.eval()

@@ -37,6 +37,11 @@ class Classifier(nn.Module):
             broadcastable to (1, C, 1, 1)); None for none.
         num_classes: number of classes; inferred from the first forward pass when None.
         bounds: the valid input range, used by input checks.
+        channels_last: run the module with 4-D weights in channels-last memory format while
+            attacking (restored afterwards). Same function, different float summation order
+            (differences ~1e-6 in the logits); on CPU max-pooling and convolutions run much
+            faster in that layout (about 1.5× for the bundled CNNs, forward and backward).
+            None (default): on for modules that contain a ``Conv2d``.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class Classifier(nn.Module):
         std: Sequence[float] | Tensor | None = None,
         num_classes: int | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -60,9 +66,13 @@ class Classifier(nn.Module):
         self.register_buffer("std", _channel_tensor(std, "std"), persistent=False)
         if self.std is not None and bool((self.std <= 0).any()):
             raise ValueError("std: every entry must be > 0")
+        if channels_last is None:
+            channels_last = any(isinstance(m, nn.Conv2d) for m in module.modules())
+        self.channels_last = bool(channels_last)
         self.forward_count = 0
         self.backward_count = 0
         self._checked_outputs = False
+        self._attacking = False
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of pixel-space inputs, shape (B, K)."""
@@ -71,6 +81,8 @@ class Classifier(nn.Module):
             z = z - self.mean.to(z.dtype)
         if self.std is not None:
             z = z / self.std.to(z.dtype)
+        if self._attacking and self.channels_last and z.ndim == 4:
+            z = z.to(memory_format=torch.channels_last)
         logits = self.module(z)
         if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -96,15 +108,29 @@ class Classifier(nn.Module):
 
     @contextlib.contextmanager
     def attacking(self) -> Iterator[Classifier]:
-        """Eval mode and frozen parameters for an attack; every submodule's mode is restored."""
+        """Eval mode and frozen parameters for an attack; every submodule's mode is restored
+        (and, with ``channels_last``, every 4-D weight's memory layout). Re-entrant."""
+        if self._attacking:
+            yield self
+            return
         modes = [(m, m.training) for m in self.modules()]
         grads = [(p, p.requires_grad) for p in self.parameters()]
+        layouts: list[tuple[Tensor, Tensor]] = []
         self.eval()
         for p, _ in grads:
             p.requires_grad_(False)
+        if self.channels_last:
+            for t in (*self.module.parameters(), *self.module.buffers()):
+                if t.ndim == 4:  # .to restrides even where size-1 dims make layouts ambiguous
+                    layouts.append((t, t.data))
+                    t.data = t.data.to(memory_format=torch.channels_last)
+        self._attacking = True
         try:
             yield self
         finally:
+            self._attacking = False
+            for t, original in layouts:
+                t.data = original
             for m, mode in modes:
                 m.training = mode
             for p, flag in grads:
