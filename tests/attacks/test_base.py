@@ -400,13 +400,15 @@ def test_params_and_repr() -> None:
 
 def test_catalogue() -> None:
     fixed = {"fgsm", "bim", "illc", "pgd", "fake_image", "apgd", "apgd-t", "square"}
-    fixed |= {"standard", "fast"}  # the ensembles
+    fixed |= {"standard", "fast", "substitute"}  # the ensembles; transfer from a substitute
     minimum_norm = {"deepfool", "cw_l2", "cw_linf", "cw_l0", "jsma", "lbfgs", "fmn", "ead"}
-    minimum_norm |= {"fab", "fab-t"}
-    assert set(ATTACKS) == fixed | minimum_norm
+    minimum_norm |= {"fab", "fab-t", "hsja"}
+    sparse = {"local_search", "one_pixel"}  # few pixels, eps (a pixel cap) optional
+    assert set(ATTACKS) == fixed | minimum_norm | sparse
     assert ATTACKS["pgd"] is PGD and ATTACKS["fgsm"] is FGSM and ATTACKS["bim"] is BIM
     assert ATTACKS["illc"] is ILLC and ATTACKS["fake_image"] is FakeImage
     for name, cls in ATTACKS.items():
         assert cls.name == name
-        assert issubclass(cls, MinNormAttack) == (name in minimum_norm)
+        assert (cls.select == "distance") == (name in minimum_norm)
+        assert issubclass(cls, MinNormAttack) == (name in minimum_norm - {"hsja"})
         assert cls.needs_eps == (name in fixed - {"fake_image"})

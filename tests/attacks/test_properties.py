@@ -31,7 +31,11 @@ from advex.attacks import (
     CWLinf,
     DeepFool,
     FakeImage,
+    HopSkipJump,
+    LocalSearch,
+    OnePixel,
     Square,
+    Substitute,
     fast,
 )
 from advex.attacks.base import Attack
@@ -58,6 +62,10 @@ NORMS = {
     "fab-t": ("linf", "l2", "l1"),
     "square": ("linf", "l2"),
     "fast": ("linf", "l2", "l1"),
+    "hsja": ("linf", "l2"),
+    "local_search": ("l0",),
+    "one_pixel": ("l0",),
+    "substitute": ("linf", "l2", "l1", "l0"),
 }
 TARGETED = {"fgsm": (False, True), "pgd": (False, True), "bim": (False, True), "illc": (False,)}
 TARGETED["fake_image"] = (True,)
@@ -65,8 +73,10 @@ TARGETED |= {"deepfool": (False,), "jsma": (True,)}
 TARGETED |= {a: (False, True) for a in ("cw_l2", "cw_linf", "cw_l0", "lbfgs", "fmn", "ead")}
 TARGETED |= {"apgd": (False, True), "apgd-t": (False,), "fab": (False, True)}
 TARGETED |= {"fab-t": (False,), "square": (False, True), "fast": (False,)}
+TARGETED |= {a: (False, True) for a in ("hsja", "local_search", "one_pixel", "substitute")}
 # the others do not use the generator at all
-RANDOMIZED = {"pgd", "fake_image", "apgd", "apgd-t", "square", "fast"}
+RANDOMIZED = {"pgd", "fake_image", "apgd", "apgd-t", "square", "fast", "hsja", "substitute"}
+RANDOMIZED |= {"local_search", "one_pixel"}
 
 MIN_NORM = {
     "deepfool",
@@ -79,6 +89,9 @@ MIN_NORM = {
     "ead",
     "fab",
     "fab-t",
+    "hsja",
+    "local_search",
+    "one_pixel",
 }  # also run with eps=None
 
 CASES = [
@@ -145,6 +158,14 @@ def make(
         return Square(threat, max_queries=50, seed=seed)
     if attack == "fast":
         return fast(threat, seed=seed)
+    if attack == "hsja":
+        return HopSkipJump(threat, max_queries=100, init_num_evals=20, seed=seed)
+    if attack == "local_search":
+        return LocalSearch(threat, max_queries=100, seed=seed)
+    if attack == "one_pixel":
+        return OnePixel(threat, population=10, generations=5, seed=seed)
+    if attack == "substitute":
+        return Substitute(threat, rho=1, epochs=1, per_class=1, seed=seed)
     return FakeImage(threat, steps=5, seed=seed)
 
 

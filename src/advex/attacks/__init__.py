@@ -2,7 +2,7 @@
 
 from advex.attacks.apgd import APGD, APGDT
 from advex.attacks.base import Attack, MinNormAttack, Tracker
-from advex.attacks.blackbox import Square
+from advex.attacks.blackbox import HopSkipJump, LocalSearch, OnePixel, Square, Substitute
 from advex.attacks.cw import CWL2
 from advex.attacks.cw_l0 import CWL0
 from advex.attacks.cw_linf import CWLinf
@@ -40,9 +40,13 @@ __all__ = [
     "EnsembleResult",
     "FakeImage",
     "Fast",
+    "HopSkipJump",
+    "LocalSearch",
     "MinNormAttack",
+    "OnePixel",
     "Square",
     "Standard",
+    "Substitute",
     "Tracker",
     "fast",
     "standard",
@@ -70,6 +74,10 @@ ATTACKS: dict[str, type[Attack]] = {
         FAB,
         FABT,
         Square,
+        HopSkipJump,
+        LocalSearch,
+        OnePixel,
+        Substitute,
         Standard,
         Fast,
     )

@@ -25,7 +25,7 @@ from advex.attacks.base import Attack, Tracker
 from advex.norms import ascent, box_limits, project
 from advex.threat import ThreatModel
 
-__all__ = ["FGSM"]
+__all__ = ["FGSM", "l0_step"]
 
 
 class FGSM(Attack):
@@ -53,7 +53,7 @@ class FGSM(Attack):
         for _ in run.steps(1):
             _, _, grad = run.value_and_grad(torch.zeros_like(run.x), self._loss)
             if threat.norm == "l0":
-                delta = _l0_step(grad, run.x, int(threat.budget()), threat.bounds)
+                delta = l0_step(grad, run.x, int(threat.budget()), threat.bounds)
             else:
                 step = ascent(
                     grad, threat.norm, x_adv=run.x, bounds=threat.bounds, sparsity=self.l1_sparsity
@@ -63,7 +63,7 @@ class FGSM(Attack):
                 run.forward(run.x + delta)
 
 
-def _l0_step(grad: Tensor, x: Tensor, k: int, bounds: tuple[float, float]) -> Tensor:
+def l0_step(grad: Tensor, x: Tensor, k: int, bounds: tuple[float, float]) -> Tensor:
     """argmax ⟨g, δ⟩ over ‖δ‖₀ ≤ k and the box: the k largest gains |g_i|·room_i, at the bound."""
     lo, hi = box_limits(x, bounds)
     room = torch.where(grad > 0, hi, lo)

@@ -30,6 +30,7 @@ from advex.evaluate.plan import (
     parse_eps,
 )
 from advex.evaluate.run import EvaluationResult, Record, run_evaluation, write_results
+from advex.evaluate.transfer import TransferMatrix, transfer
 
 if TYPE_CHECKING:
     from advex.evaluate.report import render_report
@@ -40,6 +41,7 @@ __all__ = [
     "EvaluationResult",
     "PlanEntry",
     "Record",
+    "TransferMatrix",
     "accuracy",
     "default_plan",
     "grid_plan",
@@ -48,6 +50,7 @@ __all__ = [
     "render_report",
     "run_evaluation",
     "summary_row",
+    "transfer",
     "worst_case_row",
     "write_report",
     "write_results",

@@ -1,5 +1,20 @@
-"""Black-box attacks: they query the model's scores (forward passes) and never its gradients."""
+"""Black-box attacks: they see the model only through an oracle (scores or labels), never its
+gradients, and every query counts against a per-sample budget."""
 
+from advex.attacks.blackbox.base import BlackBoxAttack, QueryTracker
+from advex.attacks.blackbox.hsja import HopSkipJump
+from advex.attacks.blackbox.local_search import LocalSearch
+from advex.attacks.blackbox.one_pixel import OnePixel
 from advex.attacks.blackbox.square import Square
+from advex.attacks.blackbox.substitute import Substitute, train_substitute
 
-__all__ = ["Square"]
+__all__ = [
+    "BlackBoxAttack",
+    "HopSkipJump",
+    "LocalSearch",
+    "OnePixel",
+    "QueryTracker",
+    "Square",
+    "Substitute",
+    "train_substitute",
+]

@@ -37,6 +37,9 @@ from advex.threat import ThreatModel
 
 __all__ = ["BlackBoxAttack", "QueryTracker"]
 
+#: Largest number of input elements one oracle evaluation inside ``forward`` holds.
+_CHUNK_ELEMENTS = 1 << 24
+
 
 class QueryTracker(Tracker):
     """A ``Tracker`` that sees the model only through an oracle, with a per-sample budget."""
@@ -110,7 +113,7 @@ class QueryTracker(Tracker):
         ``owner`` (n,) long: the position among the active rows each point belongs to (default:
         one point per active row, in order). Points are clipped to the box and put on the grid
         first (the point queried is the point recorded). Raises ``QueryBudgetError`` if a sample
-        would go over ``max_queries``.
+        would go over ``max_queries``. Huge calls are evaluated in chunks (bounded memory).
         """
         n = self.n_active
         if owner is None:
@@ -135,12 +138,18 @@ class QueryTracker(Tracker):
                 f"max_queries={self.max_queries} ({int(self.queries[self.rows[i]])} used, "
                 f"{int(counts[i])} more asked)"
             )
-        point = self._valid_view(x_adv.detach(), self.x[owner])
-        out = self._evaluate(point)
+        size = max(_CHUNK_ELEMENTS // max(x_adv[0].numel(), 1), 1)
+        outs = []
+        for lo in range(0, x_adv.shape[0], size):  # bounded memory for huge query sets
+            part = owner[lo : lo + size]
+            point = self._valid_view(x_adv[lo : lo + size].detach(), self.x[part])
+            out = self._evaluate(point)
+            pick, at = self._best_per_owner(point, out, part)
+            self.record(point[pick], out[pick], at)
+            outs.append(out)
         self.queries[self.rows] += counts
-        pick, at = self._best_per_owner(point, out, owner)
-        self.record(point[pick], out[pick], at)
         self._retire_spent()
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out if self.access == "scores" else out.argmax(dim=1)
 
     def success_of(self, out: Tensor, owner: Tensor | None = None) -> Tensor:
