@@ -34,6 +34,8 @@ from advex.attacks import (
     HopSkipJump,
     LocalSearch,
     OnePixel,
+    OptAttack,
+    SignOPT,
     Square,
     Substitute,
     fast,
@@ -66,6 +68,8 @@ NORMS = {
     "local_search": ("l0",),
     "one_pixel": ("l0",),
     "substitute": ("linf", "l2", "l1", "l0"),
+    "opt": ("l2",),
+    "sign_opt": ("l2",),
 }
 TARGETED = {"fgsm": (False, True), "pgd": (False, True), "bim": (False, True), "illc": (False,)}
 TARGETED["fake_image"] = (True,)
@@ -74,9 +78,10 @@ TARGETED |= {a: (False, True) for a in ("cw_l2", "cw_linf", "cw_l0", "lbfgs", "f
 TARGETED |= {"apgd": (False, True), "apgd-t": (False,), "fab": (False, True)}
 TARGETED |= {"fab-t": (False,), "square": (False, True), "fast": (False,)}
 TARGETED |= {a: (False, True) for a in ("hsja", "local_search", "one_pixel", "substitute")}
+TARGETED |= {"opt": (False, True), "sign_opt": (False, True)}
 # the others do not use the generator at all
 RANDOMIZED = {"pgd", "fake_image", "apgd", "apgd-t", "square", "fast", "hsja", "substitute"}
-RANDOMIZED |= {"local_search", "one_pixel"}
+RANDOMIZED |= {"local_search", "one_pixel", "opt", "sign_opt"}
 
 MIN_NORM = {
     "deepfool",
@@ -92,6 +97,8 @@ MIN_NORM = {
     "hsja",
     "local_search",
     "one_pixel",
+    "opt",
+    "sign_opt",
 }  # also run with eps=None
 
 CASES = [
@@ -164,6 +171,10 @@ def make(
         return LocalSearch(threat, max_queries=100, seed=seed)
     if attack == "one_pixel":
         return OnePixel(threat, population=10, generations=5, seed=seed)
+    if attack == "opt":
+        return OptAttack(threat, max_queries=100, init_directions=5, directions=3, seed=seed)
+    if attack == "sign_opt":
+        return SignOPT(threat, max_queries=100, init_directions=5, directions=10, seed=seed)
     if attack == "substitute":
         return Substitute(threat, rho=1, epochs=1, per_class=1, seed=seed)
     return FakeImage(threat, steps=5, seed=seed)

@@ -2,7 +2,15 @@
 
 from advex.attacks.apgd import APGD, APGDT
 from advex.attacks.base import Attack, MinNormAttack, Tracker
-from advex.attacks.blackbox import HopSkipJump, LocalSearch, OnePixel, Square, Substitute
+from advex.attacks.blackbox import (
+    HopSkipJump,
+    LocalSearch,
+    OnePixel,
+    OptAttack,
+    SignOPT,
+    Square,
+    Substitute,
+)
 from advex.attacks.cw import CWL2
 from advex.attacks.cw_l0 import CWL0
 from advex.attacks.cw_linf import CWLinf
@@ -44,6 +52,8 @@ __all__ = [
     "LocalSearch",
     "MinNormAttack",
     "OnePixel",
+    "OptAttack",
+    "SignOPT",
     "Square",
     "Standard",
     "Substitute",
@@ -77,6 +87,8 @@ ATTACKS: dict[str, type[Attack]] = {
         HopSkipJump,
         LocalSearch,
         OnePixel,
+        OptAttack,
+        SignOPT,
         Substitute,
         Standard,
         Fast,

@@ -5,6 +5,8 @@ from advex.attacks.blackbox.base import BlackBoxAttack, QueryTracker
 from advex.attacks.blackbox.hsja import HopSkipJump
 from advex.attacks.blackbox.local_search import LocalSearch
 from advex.attacks.blackbox.one_pixel import OnePixel
+from advex.attacks.blackbox.opt import OptAttack
+from advex.attacks.blackbox.sign_opt import SignOPT
 from advex.attacks.blackbox.square import Square
 from advex.attacks.blackbox.substitute import Substitute, train_substitute
 
@@ -13,7 +15,9 @@ __all__ = [
     "HopSkipJump",
     "LocalSearch",
     "OnePixel",
+    "OptAttack",
     "QueryTracker",
+    "SignOPT",
     "Square",
     "Substitute",
     "train_substitute",
