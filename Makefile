@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 THREADS ?= 2
 
-.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack clean
+.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack bench-blackbox clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-minnorm: $(VENV)/.bench
 
 bench-autoattack: $(VENV)/.bench
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/autoattack.py --checks
+
+bench-blackbox: $(VENV)/.bench
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/blackbox.py --threads $(THREADS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

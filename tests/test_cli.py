@@ -221,6 +221,17 @@ def test_attack_fake_image_needs_no_eps(tmp_path: Path) -> None:
     assert "fake_image" in result.stdout
 
 
+def test_attack_black_box_with_a_query_budget(tmp_path: Path) -> None:
+    out = tmp_path / "adv.npz"
+    result = invoke(
+        "attack", "hsja", "--n", "4", "--norm", "l2", "--max-queries", "60", "--out", out
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "hsja l2 min-norm" in result.stdout
+    with np.load(out) as f:
+        assert json.loads(str(f["meta"]))["params"]["max_queries"] == 60
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -230,6 +241,7 @@ def test_attack_fake_image_needs_no_eps(tmp_path: Path) -> None:
         (["pgd", "--eps", "0.1,0.2"], ["--eps", "one value"]),
         (["pgd", "--eps", "1", "--norm", "l0"], ["--norm", "does not support l0"]),
         (["fgsm", "--eps", "0.1", "--steps", "3"], ["--steps"]),
+        (["pgd", "--eps", "0.1", "--max-queries", "30"], ["--max-queries", "no query budget"]),
         (["illc", "--eps", "0.1", "--targeted"], ["untargeted only"]),
         (["fake_image"], ["targeted"]),
         (["pgd", "--eps", "0.1", "--target", "cat"], ["--target"]),

@@ -507,6 +507,10 @@ def attack(
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Steps of an iterative attack.")] = None,
+    max_queries: Annotated[
+        int | None,
+        typer.Option(min=2, help="Query budget per sample of a black-box attack."),
+    ] = None,
     seed: SeedOption = 0,
     batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
     device: DeviceOption = "cpu",
@@ -542,6 +546,10 @@ def attack(
         if not accepts(key, "steps"):
             _fail(f"--steps: attack {key!r} takes no steps")
         kwargs["steps"] = steps
+    if max_queries is not None:
+        if not accepts(key, "max_queries"):
+            _fail(f"--max-queries: attack {key!r} takes no query budget")
+        kwargs["max_queries"] = max_queries
     is_targeted = targeted or target is not None
     try:
         threat = ThreatModel(norm=canonical, eps=budget, levels=levels, targeted=is_targeted)

@@ -64,7 +64,9 @@ Choices and differences from the papers:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -500,7 +502,10 @@ class Substitute(BlackBoxAttack):
         *,
         active: Tensor | None = None,
     ) -> AttackResult:
-        """Train the substitute on the oracle (once), then attack x batch by batch."""
+        """Train the substitute on the oracle (once), then attack x batch by batch.
+
+        The result's ``seconds`` include the substitute's training."""
+        start = time.perf_counter()
         oracle = self._wrap(model)
         x, y, target = self._checked(oracle, x, y, target)
         seed_data = self.seed_data
@@ -529,9 +534,10 @@ class Substitute(BlackBoxAttack):
             fit.model, num_classes=fit.num_classes, bounds=self.threat.bounds
         )
         try:
-            return super().__call__(oracle, x, y, target, active=active)
+            result = super().__call__(oracle, x, y, target, active=active)
         finally:
             self._substitute = None
+        return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
     def _run(self, run: Tracker) -> None:
         if self._substitute is None:  # pragma: no cover - __call__ sets it
