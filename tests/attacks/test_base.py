@@ -402,7 +402,7 @@ def test_catalogue() -> None:
     fixed = {"fgsm", "bim", "illc", "pgd", "fake_image", "apgd", "apgd-t", "square"}
     fixed |= {"standard", "fast", "substitute"}  # the ensembles; transfer from a substitute
     minimum_norm = {"deepfool", "cw_l2", "cw_linf", "cw_l0", "jsma", "lbfgs", "fmn", "ead"}
-    minimum_norm |= {"fab", "fab-t", "hsja", "opt", "sign_opt"}
+    minimum_norm |= {"fab", "fab-t", "hsja", "opt", "sign_opt", "zoo"}
     sparse = {"local_search", "one_pixel"}  # few pixels, eps (a pixel cap) optional
     assert set(ATTACKS) == fixed | minimum_norm | sparse
     assert ATTACKS["pgd"] is PGD and ATTACKS["fgsm"] is FGSM and ATTACKS["bim"] is BIM
@@ -411,6 +411,6 @@ def test_catalogue() -> None:
         assert cls.name == name
         assert (cls.select == "distance") == (name in minimum_norm)
         assert issubclass(cls, MinNormAttack) == (
-            name in minimum_norm - {"hsja", "opt", "sign_opt"}
+            name in minimum_norm - {"hsja", "opt", "sign_opt", "zoo"}
         )
         assert cls.needs_eps == (name in fixed - {"fake_image"})

@@ -28,6 +28,7 @@ from advex.attacks import (
     JSMA,
     LBFGS,
     PGD,
+    ZOO,
     CWLinf,
     DeepFool,
     FakeImage,
@@ -70,6 +71,7 @@ NORMS = {
     "substitute": ("linf", "l2", "l1", "l0"),
     "opt": ("l2",),
     "sign_opt": ("l2",),
+    "zoo": ("l2",),
 }
 TARGETED = {"fgsm": (False, True), "pgd": (False, True), "bim": (False, True), "illc": (False,)}
 TARGETED["fake_image"] = (True,)
@@ -78,10 +80,10 @@ TARGETED |= {a: (False, True) for a in ("cw_l2", "cw_linf", "cw_l0", "lbfgs", "f
 TARGETED |= {"apgd": (False, True), "apgd-t": (False,), "fab": (False, True)}
 TARGETED |= {"fab-t": (False,), "square": (False, True), "fast": (False,)}
 TARGETED |= {a: (False, True) for a in ("hsja", "local_search", "one_pixel", "substitute")}
-TARGETED |= {"opt": (False, True), "sign_opt": (False, True)}
+TARGETED |= {"opt": (False, True), "sign_opt": (False, True), "zoo": (False, True)}
 # the others do not use the generator at all
 RANDOMIZED = {"pgd", "fake_image", "apgd", "apgd-t", "square", "fast", "hsja", "substitute"}
-RANDOMIZED |= {"local_search", "one_pixel", "opt", "sign_opt"}
+RANDOMIZED |= {"local_search", "one_pixel", "opt", "sign_opt", "zoo"}
 
 MIN_NORM = {
     "deepfool",
@@ -99,6 +101,7 @@ MIN_NORM = {
     "one_pixel",
     "opt",
     "sign_opt",
+    "zoo",
 }  # also run with eps=None
 
 CASES = [
@@ -175,6 +178,8 @@ def make(
         return OptAttack(threat, max_queries=100, init_directions=5, directions=3, seed=seed)
     if attack == "sign_opt":
         return SignOPT(threat, max_queries=100, init_directions=5, directions=10, seed=seed)
+    if attack == "zoo":
+        return ZOO(threat, max_queries=60, coordinates=8, seed=seed)
     if attack == "substitute":
         return Substitute(threat, rho=1, epochs=1, per_class=1, seed=seed)
     return FakeImage(threat, steps=5, seed=seed)

@@ -3,6 +3,7 @@
 from advex.attacks.apgd import APGD, APGDT
 from advex.attacks.base import Attack, MinNormAttack, Tracker
 from advex.attacks.blackbox import (
+    ZOO,
     HopSkipJump,
     LocalSearch,
     OnePixel,
@@ -41,6 +42,7 @@ __all__ = [
     "JSMA",
     "LBFGS",
     "PGD",
+    "ZOO",
     "Attack",
     "CWLinf",
     "DeepFool",
@@ -90,6 +92,7 @@ ATTACKS: dict[str, type[Attack]] = {
         OptAttack,
         SignOPT,
         Substitute,
+        ZOO,
         Standard,
         Fast,
     )

@@ -9,8 +9,10 @@ from advex.attacks.blackbox.opt import OptAttack
 from advex.attacks.blackbox.sign_opt import SignOPT
 from advex.attacks.blackbox.square import Square
 from advex.attacks.blackbox.substitute import Substitute, train_substitute
+from advex.attacks.blackbox.zoo import ZOO
 
 __all__ = [
+    "ZOO",
     "BlackBoxAttack",
     "HopSkipJump",
     "LocalSearch",
