@@ -128,6 +128,38 @@ def test_finalize_counts_exactly_one_forward(tiny_mlp, images) -> None:
     assert clf.forward_count - before == 16
 
 
+class BatchDependent(nn.Module):
+    """Class 1 iff x₀ > 0.5, with the threshold 10⁻⁵ higher in batches of more than one: the
+    float rounding of another batch size, exaggerated."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1)[:, :1] - 0.5 - (1e-5 if x.shape[0] > 1 else 0.0)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+@pytest.mark.parametrize("eps", [None, 0.35])
+def test_finalize_repairs_points_the_attack_saw_succeed_at_the_boundary(eps) -> None:
+    clf = Classifier(BatchDependent())
+    x = torch.tensor([[0.2], [0.3], [0.1]])
+    y = torch.zeros(3, dtype=torch.long)
+    cand = torch.tensor([[0.500001], [0.9], [0.500001]])  # seen adversarial one at a time
+    claimed = torch.tensor([True, True, False])
+    common = dict(target=None, clean_pred=y, queries=y, gradients=y, steps=y, seconds=0.0)
+    threat = ThreatModel("l2", eps)
+    plain = finalize(clf, x, y, cand, threat, attack="t", **common)  # type: ignore[arg-type]
+    assert plain.success.tolist() == [False, True, False]
+    before = clf.forward_count
+    fixed = finalize(clf, x, y, cand, threat, attack="t", claimed=claimed, **common)  # type: ignore[arg-type]
+    assert fixed.success.tolist() == [True, True, False]
+    assert clf.forward_count - before == 2 * 3  # the fresh pass and one outward try
+    assert fixed.rechecks.tolist() == [2, 2, 2] and plain.rechecks.tolist() == [1, 1, 1]
+    # moved outward by 10⁻⁴ of δ: the distance grows by that fraction, no more
+    assert fixed.distance[0] == pytest.approx(0.300001 * 1.0001, rel=1e-6)
+    assert torch.equal(fixed.x_adv[2], plain.x_adv[2])  # not claimed: untouched, a failure
+    with torch.no_grad():
+        assert bool(clf(fixed.x_adv).argmax(dim=1)[0] == 1)
+
+
 @pytest.mark.parametrize("norm", ["l1", "l2"])
 def test_finalize_when_snapping_would_leave_the_ball(norm: str) -> None:
     """Every element just below the next grid level, δ exactly on the sphere: snapping each

@@ -488,6 +488,7 @@ class Attack(abc.ABC):
             seconds=time.perf_counter() - start,
             attack=self.name,
             params=self.params(),
+            claimed=run.best_success,
         )
 
     def _checked(

@@ -138,6 +138,7 @@ class Ensemble(Attack):
             clean_pred = clf.predict(x)
         queries = torch.ones(b, dtype=torch.long, device=dev)
         gradients = torch.zeros(b, dtype=torch.long, device=dev)
+        rechecks = torch.zeros(b, dtype=torch.long, device=dev)
         steps = torch.zeros(b, dtype=torch.long, device=dev)
         x_adv = x.clone()
         broken_by = torch.full((b,), -1, dtype=torch.long, device=dev)
@@ -155,6 +156,8 @@ class Ensemble(Attack):
             member_results.append((rows.cpu(), part))
             queries[rows] += part.queries
             gradients[rows] += part.gradients
+            if part.rechecks is not None:
+                rechecks[rows] += part.rechecks.to(dev)
             steps[rows] += part.steps
             won = part.success.to(dev)
             x_adv[rows[won]] = part.x_adv[won].to(x_adv.dtype)
@@ -176,6 +179,8 @@ class Ensemble(Attack):
                 attack=self.name,
                 params=self.params(),
             )
+        assert checked.rechecks is not None
+        checked.rechecks = checked.rechecks + rechecks  # the members' re-checks too
         return EnsembleResult(
             **{f.name: getattr(checked, f.name) for f in fields(AttackResult)},
             broken_by=broken_by,
