@@ -160,6 +160,25 @@ def test_finalize_repairs_points_the_attack_saw_succeed_at_the_boundary(eps) -> 
         assert bool(clf(fixed.x_adv).argmax(dim=1)[0] == 1)
 
 
+def test_finalize_moves_claimed_minimum_norm_points_outward() -> None:
+    clf = Classifier(BatchDependent())
+    x = torch.tensor([[0.2], [0.3]])
+    y = torch.zeros(2, dtype=torch.long)
+    cand = torch.tensor([[0.50002], [0.9]])
+    common = dict(target=None, clean_pred=y, queries=y, gradients=y, steps=y, seconds=0.0)
+    claimed = torch.tensor([True, False])
+    res = finalize(
+        clf, x, y, cand, ThreatModel("l2"), attack="t", claimed=claimed, outward=1e-4, **common
+    )  # type: ignore[arg-type]
+    assert res.distance[0] == pytest.approx(0.30002 * 1.0001, rel=1e-6)  # claimed: pushed
+    assert res.distance[1] == pytest.approx(0.6, rel=1e-6)  # not claimed: as given
+    assert res.success.tolist() == [True, True] and res.rechecks.tolist() == [1, 1]
+    bounded = finalize(
+        clf, x, y, cand, ThreatModel("l2", 1.0), attack="t", claimed=claimed, outward=1e-4, **common
+    )  # type: ignore[arg-type]
+    assert bounded.distance[0] == pytest.approx(0.30002, rel=1e-6)  # with an eps: never moved
+
+
 @pytest.mark.parametrize("norm", ["l1", "l2"])
 def test_finalize_when_snapping_would_leave_the_ball(norm: str) -> None:
     """Every element just below the next grid level, δ exactly on the sphere: snapping each

@@ -317,6 +317,7 @@ def finalize(
     attack: str,
     params: dict[str, Any] | None = None,
     claimed: Tensor | None = None,
+    outward: float = 0.0,
 ) -> AttackResult:
     """Make candidates valid, check them, and measure them with one fresh forward pass.
 
@@ -326,9 +327,18 @@ def finalize(
     the point is moved outward along its perturbation, x + (1 + s)·δ for s = 10⁻⁴, 10⁻³, 10⁻²
     (kept only if it stays valid), until a fresh pass agrees. Each try is one more pass over the
     batch; samples no try repairs are reported as failures, as the fresh pass says.
+
+    ``outward`` > 0 (minimum-norm searches, ``eps=None``): every claimed point is first moved to
+    x + (1 + outward)·δ, so that it stays adversarial under other float rounding too (another
+    batch size or memory layout of the user's own re-check); decision-based attacks end their
+    binary searches within ~10⁻⁵ of the boundary.
     """
     with torch.no_grad():
         x_adv = make_valid(x_adv.detach(), x, threat)
+        if outward > 0 and claimed is not None and threat.eps is None and threat.norm != "l0":
+            pushed = make_valid(x + (1 + outward) * (x_adv - x), x, threat)
+            view = (-1,) + (1,) * (x.ndim - 1)
+            x_adv = torch.where(claimed.to(x.device).reshape(view), pushed, x_adv)
         distance = check_valid(x_adv, x, threat)
         pred = _labels(model, x_adv)
         success = succeeded(pred, y, target, threat.targeted)

@@ -364,6 +364,9 @@ class Attack(abc.ABC):
     select: ClassVar[Select] = "margin"
     supports_targeted: ClassVar[bool] = True
     requires_targeted: ClassVar[bool] = False
+    #: Minimum-norm results are moved outward by this fraction of δ before the re-check (see
+    #: ``advex.result.finalize``); set by attacks whose points end on the decision boundary.
+    boundary_margin: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -489,6 +492,7 @@ class Attack(abc.ABC):
             attack=self.name,
             params=self.params(),
             claimed=run.best_success,
+            outward=self.boundary_margin,
         )
 
     def _checked(

@@ -216,6 +216,7 @@ class DirectionAttack(BlackBoxAttack):
     access: ClassVar[Access] = "label"
     needs_eps: ClassVar[bool] = False
     select: ClassVar[Select] = "distance"
+    boundary_margin: ClassVar[float] = 1e-4  # binary searches end within ~1e-5 of the boundary
 
     def __init__(
         self,

@@ -147,6 +147,7 @@ class HopSkipJump(BlackBoxAttack):
     access: ClassVar[Access] = "label"
     needs_eps: ClassVar[bool] = False
     select: ClassVar[Select] = "distance"
+    boundary_margin: ClassVar[float] = 1e-4  # binary searches end within ~1e-5 of the boundary
 
     def __init__(
         self,
