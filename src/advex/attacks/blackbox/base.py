@@ -35,10 +35,20 @@ from advex.oracle import Access, AccessError, Oracle, QueryBudgetError, as_oracl
 from advex.result import succeeded
 from advex.threat import ThreatModel
 
-__all__ = ["BlackBoxAttack", "QueryTracker"]
+__all__ = ["BlackBoxAttack", "QueryTracker", "first_per_owner"]
 
 #: Largest number of input elements one oracle evaluation inside ``forward`` holds.
 _CHUNK_ELEMENTS = 1 << 24
+
+
+def first_per_owner(order: Tensor, owner: Tensor) -> tuple[Tensor, Tensor]:
+    """Given point indices ``order`` sorted by preference (best first) and each point's
+    ``owner``, the best point of each owner and the owners, owners ascending."""
+    order = order[torch.argsort(owner[order], stable=True)]
+    sorted_owner = owner[order]
+    first = torch.ones_like(sorted_owner, dtype=torch.bool)
+    first[1:] = sorted_owner[1:] != sorted_owner[:-1]
+    return order[first], sorted_owner[first]
 
 
 class QueryTracker(Tracker):
@@ -92,6 +102,11 @@ class QueryTracker(Tracker):
     @property
     def access(self) -> Access:
         return self.oracle.access
+
+    @property
+    def alive(self) -> Tensor:
+        """(n_active,) rows not finished yet (early stop, budget spent, retired)."""
+        return ~self.done[self.rows]
 
     @property
     def budget_left(self) -> Tensor:
@@ -173,11 +188,7 @@ class QueryTracker(Tracker):
             score = torch.where(win, -dist, score)
         order = torch.argsort(score, descending=True, stable=True)
         order = order[torch.argsort(win[order].int(), descending=True, stable=True)]
-        order = order[torch.argsort(owner[order], stable=True)]
-        sorted_owner = owner[order]
-        first = torch.ones_like(sorted_owner, dtype=torch.bool)
-        first[1:] = sorted_owner[1:] != sorted_owner[:-1]
-        return order[first], sorted_owner[first]
+        return first_per_owner(order, owner)
 
     def value_and_grad(
         self, delta: Tensor, loss: Loss, penalty: Callable[[Tensor], Tensor] | None = None

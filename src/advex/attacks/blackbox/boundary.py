@@ -358,7 +358,7 @@ class DirectionAttack(BlackBoxAttack):
                 d = _random_direction(run, j - (starts is not None)) * (hi - lo)
             lam0 = lp_norm(d, self.threat.norm).to(torch.float64)
             lam = torch.minimum(lam0, g)
-            ask = (lam0 > 0) & (run.budget_left >= 1) & ~run.done[run.rows]
+            ask = (lam0 > 0) & (run.budget_left >= 1) & run.alive
             who = torch.nonzero(ask).squeeze(1)
             if who.numel() == 0:
                 continue

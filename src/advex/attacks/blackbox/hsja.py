@@ -67,7 +67,7 @@ from torch import Tensor
 
 from advex.attacks import checks
 from advex.attacks.base import Select, Tracker
-from advex.attacks.blackbox.base import BlackBoxAttack, QueryTracker
+from advex.attacks.blackbox.base import BlackBoxAttack, QueryTracker, first_per_owner
 from advex.norms import lp_norm
 from advex.oracle import Access
 from advex.threat import ThreatModel
@@ -97,11 +97,6 @@ def _column(t: Tensor, like: Tensor) -> Tensor:
     return t.view((-1,) + (1,) * (like.ndim - 1))
 
 
-def _alive(run: QueryTracker) -> Tensor:
-    """(n_active,) rows not finished yet (early stop, budget spent, retired)."""
-    return ~run.done[run.rows]
-
-
 def _affordable(run: QueryTracker, owner: Tensor, want: Tensor) -> Tensor:
     """The points of ``want`` each owner can pay for now, the first ones first."""
     idx = torch.nonzero(want).squeeze(1)
@@ -116,15 +111,6 @@ def _affordable(run: QueryTracker, owner: Tensor, want: Tensor) -> Tensor:
     out = torch.zeros_like(want)
     out[idx[rank < run.budget_left[o]]] = True
     return out
-
-
-def _closest(owner: Tensor, dist: Tensor) -> Tensor:
-    """Index of the smallest ``dist`` of each owner (the first among ties), owners ascending."""
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(owner[order], stable=True)]
-    first = torch.ones_like(order, dtype=torch.bool)
-    first[1:] = owner[order][1:] != owner[order][:-1]
-    return order[first]
 
 
 class HopSkipJump(BlackBoxAttack):
@@ -258,7 +244,7 @@ class HopSkipJump(BlackBoxAttack):
         generator.manual_seed(int(seed))
         with _stream(run, generator):
             for k in range(self.init_tries):
-                want = ~found & _alive(run)
+                want = ~found & run.alive
                 if not bool(want.any()):
                     break
                 u = run.rand(*x.shape[1:])
@@ -281,7 +267,7 @@ class HopSkipJump(BlackBoxAttack):
         n, shape = x_b.shape[0], x_b.shape[1:]
         size = run.best.shape[0]
         chunk = max(1, min(nominal, _CHUNK // max(size * x_b[0].numel(), 1)))
-        alive = _alive(run)
+        alive = run.alive
         rows = torch.arange(n, device=x_b.device)
         sum_phi_u = torch.zeros_like(x_b)
         sum_u = torch.zeros_like(x_b)
@@ -338,7 +324,7 @@ class HopSkipJump(BlackBoxAttack):
         won = torch.zeros_like(dist, dtype=torch.bool)
         halvings = int(self._search_steps(run, torch.ones(1)).item())
         for _ in range(halvings + 1):
-            want = ~won & _alive(run)
+            want = ~won & run.alive
             if not bool(want.any()):
                 break
             idx = torch.nonzero(want).squeeze(1)
@@ -358,14 +344,14 @@ class HopSkipJump(BlackBoxAttack):
         owner = torch.arange(n, device=x_b.device).repeat_interleave(k)
         xi = (dist[:, None] * grid[None, :]).flatten()
         points = (x_b[owner] + _column(xi, x_b) * v[owner]).clamp(lo, hi)
-        ask = _affordable(run, owner, _alive(run)[owner])
+        ask = _affordable(run, owner, run.alive[owner])
         hit = torch.zeros_like(ask)
         hit[ask] = run.success_of(run.forward(points[ask], owner[ask]), owner[ask])
         if not bool(hit.any()):
             return x_b
         found = self._bisect(run, points[hit], owner[hit])
         dist_found = lp_norm(found - run.x[owner[hit]], self.threat.norm)
-        best = _closest(owner[hit], dist_found)
+        best, _ = first_per_owner(torch.argsort(dist_found, stable=True), owner[hit])
         rows = owner[hit][best]
         better = dist_found[best] < dist[rows]
         x_b = x_b.clone()
@@ -383,7 +369,7 @@ class HopSkipJump(BlackBoxAttack):
         steps = self._search_steps(run, high)
         low = torch.zeros_like(high)
         for k in range(int(steps.max()) if steps.numel() else 0):
-            ask = _affordable(run, owner, (k < steps) & _alive(run)[owner])
+            ask = _affordable(run, owner, (k < steps) & run.alive[owner])
             if not bool(ask.any()):
                 break
             mid = (low[ask] + high[ask]) / 2

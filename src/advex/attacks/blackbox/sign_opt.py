@@ -108,7 +108,7 @@ class SignOPT(DirectionAttack):
         k = self.directions
         shape = theta.shape[1:]
         view = (-1,) + (1,) * len(shape)
-        ok = (run.budget_left >= k) & ~run.done[run.rows]
+        ok = (run.budget_left >= k) & run.alive
         who = torch.nonzero(ok).squeeze(1)
         total = torch.zeros_like(theta)
         per = min(k, max(1, _CHUNK // max(theta[0].numel(), 1)))
