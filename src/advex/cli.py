@@ -1,6 +1,8 @@
 """The ``advex`` command: a thin layer over the Python API.
 
-    advex evaluate   models × attack grid → OUT/results.json and OUT/report.html
+    advex evaluate   models × attack grid → OUT/store.sqlite, results.json, report.html
+    advex report     the HTML report of a run, regenerated from its store
+    advex export     a run's per-sample table as CSV or JSON
     advex attack     one attack on one model → a one-line summary (and an .npz with --out)
     advex zoo list   the shipped models
     advex attacks list   the attack catalogue
@@ -326,7 +328,20 @@ def evaluate(
     examples: Annotated[
         int, typer.Option(min=0, help="Example images per model in the report.")
     ] = 8,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/evaluate"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder: store.sqlite, results.json, report.html.")
+    ] = Path("runs/evaluate"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the interrupted run in this folder with its stored settings; "
+            "the work already stored is skipped.",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over in an --out folder that already holds a run.")
+    ] = False,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -336,20 +351,49 @@ def evaluate(
         ),
     ] = None,
 ) -> None:
-    """Evaluate models against a grid of attacks; write OUT/results.json and OUT/report.html."""
+    """Evaluate models against a grid of attacks; write OUT/store.sqlite, OUT/results.json and
+    OUT/report.html. Every batch is stored as soon as it is done: an interrupted run continues
+    with --resume OUT."""
     from advex.evaluate import run_evaluation, write_report, write_results
     from advex.evaluate.run import check_setup
+    from advex.evaluate.store import STORE_FILE, Store, StoreError
 
     started = time.perf_counter()
+    settings: dict[str, Any] = {
+        "model": model,
+        "arch": arch,
+        "data": data,
+        "split": split,
+        "n": n,
+        "attacks": attacks,
+        "norm": norm,
+        "eps": eps,
+        "levels": levels,
+        "steps": steps,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    if resume is not None:
+        settings = _resumed_settings(resume, settings)
+        out = resume
+    elif (out / STORE_FILE).exists():
+        if not overwrite:
+            _fail(
+                f"--out {out}: already holds a run; continue it with --resume {out}, or pass "
+                "--overwrite to start over"
+            )
+        _remove_store(out)
     try:
-        plan = build_plan(attacks, norm, eps, steps)
+        plan = build_plan(settings["attacks"], settings["norm"], settings["eps"], settings["steps"])
     except ValueError as err:
         _fail(_message(err))
     dev = _device(device)
-    specs = [_resolve(s) for s in _split_list(model) or DEFAULT_MODELS]
-    data_spec = data or _zoo_dataset(specs) or DEFAULT_DATA
-    models, sources = _load_models(specs, _split_list(arch), dev)
-    x, y = _load_data(data_spec, split, n)
+    specs = [_resolve(s) for s in _split_list(settings["model"]) or DEFAULT_MODELS]
+    data_spec = settings["data"] or _zoo_dataset(specs) or DEFAULT_DATA
+    split, levels = settings["split"], settings["levels"]
+    seed, batch_size = settings["seed"], settings["batch_size"]
+    models, sources = _load_models(specs, _split_list(settings["arch"]), dev)
+    x, y = _load_data(data_spec, split, settings["n"])
     try:
         check_setup(models, x, y, plan, levels=levels)
     except ValueError as err:
@@ -357,24 +401,21 @@ def evaluate(
         _fail(f"--{msg}" if msg.startswith("levels:") else msg)
 
     typer.echo(
-        f"evaluating {', '.join(models)} on {len(y)} samples of {data_spec} ({split}): "
-        f"{len(plan)} attack settings",
+        f"{'resuming' if resume is not None else 'evaluating'} {', '.join(models)} on "
+        f"{len(y)} samples of {data_spec} ({split}): {len(plan)} attack settings",
         err=True,
-    )
-    result = run_evaluation(
-        models, x, y, plan, levels=levels, seed=seed, batch_size=batch_size, progress=progress
     )
     config = {
         "models": specs,
-        "arch": _split_list(arch) or None,
+        "arch": _split_list(settings["arch"]) or None,
         "data": data_spec,
         "split": split,
         "n": len(y),
-        "attacks": attacks,
-        "norm": norm,
-        "eps": eps,
+        "attacks": settings["attacks"],
+        "norm": settings["norm"],
+        "eps": settings["eps"],
         "levels": levels,
-        "steps": steps,
+        "steps": settings["steps"],
         "seed": seed,
         "batch_size": batch_size,
         "device": dev,
@@ -388,24 +429,143 @@ def evaluate(
         "device": dev,
         "sources": sources,
     }
+    try:
+        with Store(out) as store:
+            if resume is None:
+                store.set_meta(cli=settings, metadata=metadata)
+            result = run_evaluation(
+                models,
+                x,
+                y,
+                plan,
+                levels=levels,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress,
+                store=store,
+            )
+            metadata = store.meta().get("metadata", metadata)
+    except StoreError as err:
+        _fail(_message(err))
     results_path = write_results(result, out / "results.json", metadata)
-    report_meta = {
-        "command": metadata["command"],
-        "data": f"{data_spec} ({split}), first {len(y)} samples",
-        "models": ", ".join(specs),
-        "device": dev,
-        "torch": torch.__version__,
-    }
     report_path = write_report(
         result,
         out / "report.html",
         title="advex evaluation",
-        metadata=report_meta,
+        metadata=_report_metadata(metadata, len(y)),
         examples=examples,
     )
     _print_rows(result)
     _print_flags(result)
     typer.echo(f"wrote {results_path} and {report_path} ({time.perf_counter() - started:.1f} s)")
+
+
+def _resumed_settings(folder: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The stored settings of the run in ``folder``; an option given now must agree."""
+    from advex.evaluate.store import Store, StoreError
+
+    try:
+        with Store(folder, readonly=True) as store:
+            stored = store.meta().get("cli")
+    except StoreError as err:
+        _fail(f"--resume {_message(err)}")
+    if not isinstance(stored, dict):
+        _fail(f"--resume {folder}: the store holds no settings of an `advex evaluate` run")
+    defaults = {name: p.default for name, p in inspect.signature(evaluate).parameters.items()}
+    for key, value in given.items():
+        if value != defaults.get(key) and value != stored.get(key):
+            flag = "--" + key.replace("_", "-")
+            _fail(
+                f"{flag}: the run in {folder} used {stored.get(key)!r}, not {value!r}; "
+                "--resume continues a run with its own settings"
+            )
+    return {key: stored.get(key, given[key]) for key in given}
+
+
+def _remove_store(out: Path) -> None:
+    """Delete the store of a previous run in ``out`` (``--overwrite``), refusing a live one."""
+    from advex.evaluate.store import STORE_FILE, Store, StoreError
+
+    try:
+        Store(out).close()  # fails if another process is writing it
+    except StoreError as err:
+        _fail(f"--overwrite: {_message(err)}")
+    for suffix in ("", "-wal", "-shm"):
+        (out / (STORE_FILE + suffix)).unlink(missing_ok=True)
+
+
+def _report_metadata(metadata: dict[str, Any], n: int) -> dict[str, Any]:
+    config = metadata.get("config", {})
+    return {
+        "command": metadata.get("command", ""),
+        "data": f"{metadata.get('data', '')} ({metadata.get('split', '')}), first {n} samples",
+        "models": ", ".join(config.get("models", [])),
+        "device": metadata.get("device", ""),
+        "torch": torch.__version__,
+    }
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="The output folder of an `advex evaluate` run.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the report. [default: FOLDER/report.html]"),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(min=0, help="Example images per model in the report.")
+    ] = 8,
+) -> None:
+    """Regenerate the HTML report of a run from its results store alone."""
+    from advex.evaluate import write_report
+    from advex.evaluate.store import Store, StoreError
+    from advex.evaluate.stored import load_evaluation
+
+    try:
+        with Store(folder, readonly=True) as store:
+            result = load_evaluation(store)
+            metadata = store.meta().get("metadata", {})
+    except StoreError as err:
+        _fail(_message(err))
+    target = output or folder / "report.html"
+    try:
+        path = write_report(
+            result,
+            target,
+            title="advex evaluation",
+            metadata=_report_metadata(metadata, len(result.y)),
+            examples=examples,
+        )
+    except OSError as err:
+        _fail(f"--output {target}: cannot write the report: {err.strerror or err}")
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def export(
+    folder: Annotated[Path, typer.Argument(help="The output folder of an `advex evaluate` run.")],
+    format: Annotated[str, typer.Option("--format", help="json or csv.")] = "csv",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the table. [default: FOLDER/samples.FORMAT]"),
+    ] = None,
+) -> None:
+    """Write the per-sample results table of a run (one row per model, attack and sample)."""
+    from advex.evaluate.export import write_table
+    from advex.evaluate.store import Store, StoreError
+
+    fmt = format.strip().lower()
+    if fmt not in ("json", "csv"):
+        _fail(f"--format: expected json or csv, got {format!r}")
+    target = output or folder / f"samples.{fmt}"
+    try:
+        with Store(folder, readonly=True) as store:
+            count = write_table(store, target, fmt)
+    except StoreError as err:
+        _fail(_message(err))
+    except OSError as err:
+        _fail(f"--output {target}: cannot write the table: {err.strerror or err}")
+    typer.echo(f"wrote {count} rows to {target}")
 
 
 def _print_flags(result: Any) -> None:

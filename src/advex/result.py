@@ -76,6 +76,8 @@ class AttackResult:
         rechecks: (B,) forward passes of the final re-check each sample was part of (1, or more
             where a boundary point was repaired, see ``finalize``); not in ``queries``. So the
             model saw Σ queries + Σ rechecks points in all.
+        metric: what ``distance`` measures when it is not ``threat.norm`` (e.g. "flow" for
+            stAdv's flow loss); None for the Lp distance. See ``distance_metric``.
     """
 
     x_adv: Tensor
@@ -93,9 +95,15 @@ class AttackResult:
     threat: ThreatModel
     params: dict[str, Any] = field(default_factory=dict)
     rechecks: Tensor | None = None
+    metric: str | None = None
 
     def __len__(self) -> int:
         return int(self.success.shape[0])
+
+    @property
+    def distance_metric(self) -> str:
+        """The name of what ``distance`` measures: ``metric``, or the threat's norm."""
+        return self.metric or self.threat.norm
 
     @property
     def clean_correct(self) -> Tensor:
@@ -141,6 +149,7 @@ class AttackResult:
             "robust_accuracy": self.robust_accuracy,
             "success_rate": _nan_to_none(self.success_rate),
             "median_distance": _nan_to_none(self.median_distance),
+            "metric": self.distance_metric,
             "seconds": self.seconds,
             "queries": int(self.queries.sum()),
             "gradients": int(self.gradients.sum()),
@@ -205,6 +214,7 @@ class AttackResult:
             attack=first.attack,
             threat=first.threat,
             params=first.params,
+            metric=first.metric,
         )
 
 
@@ -318,6 +328,8 @@ def finalize(
     params: dict[str, Any] | None = None,
     claimed: Tensor | None = None,
     outward: float = 0.0,
+    distance: Tensor | None = None,
+    metric: str | None = None,
 ) -> AttackResult:
     """Make candidates valid, check them, and measure them with one fresh forward pass.
 
@@ -332,7 +344,20 @@ def finalize(
     x + (1 + outward)·δ, so that it stays adversarial under other float rounding too (another
     batch size or memory layout of the user's own re-check); decision-based attacks end their
     binary searches within ~10⁻⁵ of the boundary.
+
+    ``distance`` (B,) and ``metric``, optional: for attacks whose distance is not the threat's
+    Lp norm (a flow loss, a colour-function distance), the attack's measure of the
+    transformation behind each returned point, reported instead of ‖x_adv − x‖ under the name
+    ``metric``. The box, ball and grid are checked all the same.
     """
+    measure = distance
+    if measure is not None:
+        if metric is None:
+            raise ValueError("metric: a custom distance needs the name of what it measures")
+        if measure.shape != y.shape or not bool(torch.isfinite(measure).all()):
+            raise RuntimeError(
+                f"internal error: custom distances must be finite with shape {tuple(y.shape)}"
+            )
     with torch.no_grad():
         x_adv = make_valid(x_adv.detach(), x, threat)
         if outward > 0 and claimed is not None and threat.eps is None and threat.norm != "l0":
@@ -349,6 +374,8 @@ def finalize(
             distance = check_valid(x_adv, x, threat)
         else:
             passes = 1
+        if measure is not None:
+            distance = measure.detach().to(device=x.device, dtype=x.dtype)
     return AttackResult(
         x_adv=x_adv,
         success=success,
@@ -365,4 +392,5 @@ def finalize(
         threat=threat,
         params=dict(params or {}),
         rechecks=torch.full_like(y, passes),
+        metric=metric if measure is not None else None,
     )

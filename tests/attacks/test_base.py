@@ -56,6 +56,45 @@ def test_tracker_select_distance_prefers_the_closer_success(bump_tracker) -> Non
     torch.testing.assert_close(run.best_distance, torch.tensor([0.02]))
 
 
+def test_tracker_ranks_successes_by_the_attacks_own_distance(bump_tracker) -> None:
+    run = bump_tracker(ThreatModel("l2"), early_stop=False, select="distance")
+    with torch.no_grad():
+        run.forward(run.x + 0.06, distance=torch.tensor([5.0]))  # success, measure 5
+        assert run.last_improved.tolist() == [True]
+        run.forward(run.x + 0.02, distance=torch.tensor([1.0]))  # success, measure 1
+        assert run.last_improved.tolist() == [True]
+        run.forward(run.x + 0.04, distance=torch.tensor([3.0]))  # closer in L2 is not enough
+        assert run.last_improved.tolist() == [False]
+    torch.testing.assert_close(run.best, torch.tensor([[0.52]]))
+    torch.testing.assert_close(run.best_measure, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="distance"):
+        run.forward(run.x, distance=torch.ones(2))
+
+
+class _Shift(MinNormAttack):
+    """A toy transformation attack: x + c for a few c, measured by 10·c (metric "shift")."""
+
+    name = "toy_shift"
+    metric = "shift"
+
+    def _run(self, run: Tracker) -> None:
+        for c in (0.08, 0.06, 0.04, 0.2):
+            with torch.no_grad():
+                run.forward(run.x + c, distance=torch.full((run.n_active,), 10 * c))
+
+
+def test_an_attack_with_its_own_metric_reports_it(bump: nn.Module) -> None:
+    x = torch.full((3, 1), 0.5)
+    y = torch.zeros(3, dtype=torch.long)
+    result = _Shift(ThreatModel("l2"))(bump, x, y)
+    assert result.success.all() and result.metric == "shift"
+    assert result.distance_metric == "shift" and result.to_dict()["metric"] == "shift"
+    torch.testing.assert_close(result.distance, torch.full((3,), 0.4))  # c = 0.04, no line search
+    torch.testing.assert_close(result.x_adv, torch.full((3, 1), 0.54))
+    plain = PGD(ThreatModel("l2", 0.1), steps=2)(bump, x, y)
+    assert plain.metric is None and plain.distance_metric == "l2"
+
+
 def test_tracker_among_failures_keeps_the_larger_margin(bump_tracker) -> None:
     run = bump_tracker(ThreatModel("linf", 0.5), early_stop=False)  # clean margin z1 = −0.05
     with torch.no_grad():

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.losses import Loss, margin
 from advex.model import Classifier, as_classifier, check_inputs
 from advex.norms import lp_norm, on_grid, quantize, random_start, round_to_grid
@@ -89,6 +90,10 @@ class Tracker:
         )
         self.best_score = margin(self._clean_logits, y, target if threat.targeted else None)
         self.best_score = self.best_score.to(x.dtype)
+        # the attack's own measure of each best point (``distance=`` of ``forward``/``record``;
+        # 0 for the clean point); Lp attacks leave it unused
+        self.best_measure = torch.zeros(b, device=dev, dtype=x.dtype)
+        self.last_improved = torch.zeros(0, dtype=torch.bool, device=dev)
         self._size = b
         self._inactive = torch.zeros_like(done) if active is None else ~active
         self.done = done | self._inactive
@@ -216,12 +221,16 @@ class Tracker:
             return valid
         return x_adv + (valid - x_adv).detach()
 
-    def forward(self, x_adv: Tensor) -> Tensor:
-        """Logits of the active rows at ``x_adv``; records the best point per sample."""
+    def forward(self, x_adv: Tensor, distance: Tensor | None = None) -> Tensor:
+        """Logits of the active rows at ``x_adv``; records the best point per sample.
+
+        ``distance`` (n_active,), optional: the attack's own measure of each point (attacks
+        whose ``metric`` is not the threat's norm: a flow loss, a colour-function smoothness),
+        used instead of ‖x_adv − x‖ to rank successes."""
         point = self._valid_view(x_adv)
         logits = self._evaluate(point)
         self.queries[self.rows] += 1
-        self.record(point.detach(), logits.detach())
+        self.record(point.detach(), logits.detach(), distance=distance)
         return logits
 
     def value_and_grad(
@@ -297,11 +306,20 @@ class Tracker:
         self.clf.backward_count += self.n_active * k
         return logits.detach(), torch.stack(grads, dim=1)
 
-    def record(self, point: Tensor, logits: Tensor, at: Tensor | None = None) -> None:
+    def record(
+        self,
+        point: Tensor,
+        logits: Tensor,
+        at: Tensor | None = None,
+        distance: Tensor | None = None,
+    ) -> Tensor:
         """Keep ``point`` for each active sample where it beats the best so far.
 
         ``at``: distinct positions among the active rows the points belong to (default: one
-        point per active row, in order)."""
+        point per active row, in order). ``distance``: the attack's own measure of each point
+        (see ``forward``); default ‖point − x‖ in the threat's norm. Returns the (n,) bool mask
+        of the points that became their sample's best (also kept as ``last_improved``, so an
+        attack can keep its own parameters of each best point after ``forward``)."""
         rows, x, y, target = self.rows, self.x, self.y, self.target
         if at is not None:
             rows, x, y = rows[at], x[at], y[at]
@@ -309,10 +327,18 @@ class Tracker:
         success = succeeded(logits.argmax(dim=1), y, target, self.threat.targeted)
         score = margin(logits, y, target if self.threat.targeted else None)
         score = score.to(self.best_score.dtype)
-        distance = lp_norm(point - x, self.threat.norm).to(self.best_distance.dtype)
+        norm = lp_norm(point - x, self.threat.norm).to(self.best_distance.dtype)
         ok = torch.ones_like(success)
         if self.threat.eps is not None:
-            ok = distance <= self.threat.eps + ball_tolerance(self.threat.eps)
+            ok = norm <= self.threat.eps + ball_tolerance(self.threat.eps)
+        if distance is None:
+            distance = norm
+        else:
+            distance = distance.detach().to(self.best_distance.dtype)
+            if distance.shape != success.shape:
+                raise ValueError(
+                    f"distance: expected shape {tuple(success.shape)}, got {tuple(distance.shape)}"
+                )
         if self.threat.levels is not None:
             ok = ok & on_grid(point, self.threat)
         had = self.best_success[rows]
@@ -333,8 +359,11 @@ class Tracker:
                 success[better], distance[better], torch.full_like(distance[better], float("inf"))
             )
             self.best_score[idx] = score[better]
+            self.best_measure[idx] = distance[better].to(self.best_measure.dtype)
         if self.early_stop and not (self.select == "distance" and self.threat.eps is None):
             self.done[rows] |= ok & success
+        self.last_improved = better
+        return better
 
 
 def check_active(active: Any, x: Tensor) -> Tensor | None:
@@ -367,6 +396,14 @@ class Attack(abc.ABC):
     #: Minimum-norm results are moved outward by this fraction of δ before the re-check (see
     #: ``advex.result.finalize``); set by attacks whose points end on the decision boundary.
     boundary_margin: ClassVar[float] = 0.0
+    #: What ``AttackResult.distance`` measures when it is not the threat's Lp norm (a flow loss,
+    #: a colour-function distance, ...): such an attack passes ``distance=`` to ``run.forward``,
+    #: and the result reports the measure of each returned point's transformation.
+    metric: ClassVar[str | None] = None
+    #: Whether a call on a slice of the data (with its ``batch_offset``) gives exactly that
+    #: slice of a call on all of it. False for attacks that first learn from the whole input
+    #: (a universal perturbation, a substitute model): a results store runs them in one piece.
+    per_batch: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -408,13 +445,20 @@ class Attack(abc.ABC):
         target: Tensor | None = None,
         *,
         active: Tensor | None = None,
+        batch_offset: int = 0,
     ) -> AttackResult:
         """Attack ``model`` on inputs ``x`` (B, ...) with labels ``y`` (B,) (and ``target``).
 
         ``active`` (B,) bool, optional: attack only these samples; the others are returned
         unchanged (x' = x) and cost one query (the clean pass). They keep their place in the
         batches, so the attacked samples get the same random numbers as in a run on all.
+
+        ``batch_offset``: the index of this call's first batch within a larger run. Batch i of
+        a call draws its random numbers from a generator seeded with seed·1000003 + i; a caller
+        that runs the batches of a dataset one call at a time (a results store that resumes)
+        passes ``batch_offset=i`` for batch i and gets exactly the results of one call on all.
         """
+        batch_offset = checks.non_negative_int("batch_offset", batch_offset)
         clf = self._wrap(model)
         x, y, target = self._checked(clf, x, y, target)
         active = check_active(active, x)
@@ -429,7 +473,7 @@ class Attack(abc.ABC):
                         x[lo : lo + size],
                         y[lo : lo + size],
                         None if target is None else target[lo : lo + size],
-                        i,
+                        batch_offset + i,
                         None if active is None else active[lo : lo + size],
                     )
                 )
@@ -491,8 +535,11 @@ class Attack(abc.ABC):
             seconds=time.perf_counter() - start,
             attack=self.name,
             params=self.params(),
-            claimed=run.best_success,
+            # a transformation's output is not repaired along δ (that leaves its family)
+            claimed=None if self.metric else run.best_success,
             outward=self.boundary_margin,
+            distance=run.best_measure if self.metric else None,
+            metric=self.metric,
         )
 
     def _checked(
@@ -573,5 +620,6 @@ class MinNormAttack(Attack):
     line_search_steps: ClassVar[int] = 16
 
     def _refine(self, run: Tracker) -> None:
-        if self.threat.eps is None:
+        # a transformation attack (``metric``) is not searched along δ: that leaves its family
+        if self.threat.eps is None and self.metric is None:
             run.line_search(self.line_search_steps)

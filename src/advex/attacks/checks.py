@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["above", "fraction", "non_negative", "positive", "positive_int"]
+__all__ = ["above", "fraction", "non_negative", "non_negative_int", "positive", "positive_int"]
 
 
 def _number(name: str, value: object, expected: str) -> float:
@@ -21,6 +21,13 @@ def positive_int(name: str, value: object) -> int:
     """An integer ≥ 1 (steps, restarts, search steps, ...)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+def non_negative_int(name: str, value: object) -> int:
+    """An integer ≥ 0 (offsets, counts that may be zero)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
     return value
 
 

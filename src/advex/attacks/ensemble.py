@@ -127,6 +127,7 @@ class Ensemble(Attack):
         target: Tensor | None = None,
         *,
         active: Tensor | None = None,
+        batch_offset: int = 0,
     ) -> EnsembleResult:
         clf = as_classifier(model, bounds=self.threat.bounds)
         x, y, target = self._checked(clf, x, y, target)
@@ -152,7 +153,9 @@ class Ensemble(Attack):
                 break
             # every member sees all samples (the same batches and random streams as when run
             # alone) but attacks only the ones still open
-            part = attack(clf, x, y, target, active=open_.clone()).take(rows)
+            part = attack(clf, x, y, target, active=open_.clone(), batch_offset=batch_offset).take(
+                rows
+            )
             member_results.append((rows.cpu(), part))
             queries[rows] += part.queries
             gradients[rows] += part.gradients

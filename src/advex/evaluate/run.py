@@ -8,6 +8,7 @@ are kept whole (``EvaluationResult.records``) so reports can show adversarial ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,10 +24,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from advex.attacks.ensemble import Ensemble
+from advex.attacks.base import Attack
+from advex.attacks.ensemble import Ensemble, EnsembleResult
 from advex.evaluate.checks import Flag, run_checks
 from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_row
 from advex.evaluate.plan import PlanEntry
+from advex.evaluate.store import Store, data_hash, model_hash
+from advex.evaluate.stored import entry_key, load_result, save_batch
 from advex.model import Classifier, as_classifier, check_inputs
 from advex.norms import on_grid
 from advex.result import AttackResult
@@ -213,8 +217,14 @@ def run_evaluation(
     seed: int = 0,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
+    store: Store | None = None,
 ) -> EvaluationResult:
     """Run every plan entry against every model on the samples ``x``, ``y``.
+
+    Every attack runs batch by batch (batch i with ``batch_offset=i``, so the result is that
+    of one call on all samples). With a ``store``, each batch's result is saved the moment it
+    exists, and a run over a store that already holds some of them (``--resume``) skips
+    those: the result is identical to an uninterrupted run with the same settings.
 
     Args:
         models: name → classifier (an ``advex.Classifier`` or an ``nn.Module`` giving logits).
@@ -228,6 +238,7 @@ def run_evaluation(
             generator seeded from ``seed`` and the batch index, so results depend on it.
         progress: show a progress bar on stderr over (model, entry) pairs; None shows it only
             when stderr is a terminal.
+        store: an open ``advex.evaluate.store.Store`` to save into and resume from.
 
     Returns:
         An ``EvaluationResult`` with one record per (model, entry).
@@ -235,6 +246,7 @@ def run_evaluation(
     Raises:
         ValueError: bad inputs, data off the grid, a setting an attack rejects, or a model that
             cannot take the inputs — all before the first attack runs.
+        StoreError: the store holds another run, or cannot be written (disk full, read-only).
     """
     start = time.perf_counter()
     clfs = {str(name): as_classifier(m, bounds=bounds) for name, m in models.items()}
@@ -242,7 +254,22 @@ def run_evaluation(
     x = x.detach().cpu()
     y = y.detach().cpu()
     check_setup(clfs, x, y, entries, bounds=bounds, levels=levels)
-    clean_pred = {name: clf.predict(x.to(clf.device)).cpu() for name, clf in clfs.items()}
+    keys = [entry_key(e) for e in entries]
+    if store is not None:
+        config = run_config(clfs, x, y, entries, bounds, levels, seed, batch_size)
+        if store.start(config, environment()):
+            store.put_inputs(x, y)
+            store.put_entries(
+                [(k, e.label, e.to_dict()) for k, e in zip(keys, entries, strict=True)]
+            )
+    clean_pred = {}
+    for name, clf in clfs.items():
+        stored = None if store is None else store.clean(name)
+        if stored is None:
+            stored = clf.predict(x.to(clf.device)).cpu()
+            if store is not None:
+                store.put_clean(name, stored)
+        clean_pred[name] = stored
     out = EvaluationResult(
         x=x,
         y=y,
@@ -263,18 +290,95 @@ def run_evaluation(
     )
     with bar:
         for name, clf in clfs.items():
-            for entry in entries:
+            for entry, key in zip(entries, keys, strict=True):
                 bar.set_postfix_str(f"{name}: {entry.label}", refresh=True)
-                attack = entry.build(bounds=bounds, levels=levels, seed=seed, batch_size=batch_size)
-                result = attack(clf, x, y)
-                flags: tuple[Flag, ...] = ()
-                if isinstance(attack, Ensemble):
-                    bar.set_postfix_str(f"{name}: {entry.label} (sanity checks)", refresh=True)
-                    flags = tuple(run_checks(clf, x, y, attack, result, seed=seed))
-                out.records.append(Record(name, entry, _to_cpu(result), flags))
+                threat = entry.threat(bounds=bounds, levels=levels)
+                stored_flags = None if store is None else store.completed(name, key)
+                if store is not None and stored_flags is not None:
+                    result = load_result(store, name, key, threat)
+                    flags = tuple(Flag(**f) for f in stored_flags)
+                else:
+                    attack = entry.build(
+                        bounds=bounds, levels=levels, seed=seed, batch_size=batch_size
+                    )
+                    result = _run_batches(attack, clf, x, y, batch_size, store, name, key)
+                    flags = ()
+                    if isinstance(attack, Ensemble):
+                        bar.set_postfix_str(f"{name}: {entry.label} (sanity checks)", refresh=True)
+                        flags = tuple(run_checks(clf, x, y, attack, result, seed=seed))
+                    if store is not None:
+                        store.complete(name, key, [f.to_dict() for f in flags])
+                out.records.append(Record(name, entry, result, flags))
                 bar.update(1)
     out.seconds = time.perf_counter() - start
+    if store is not None:
+        store.set_meta(seconds=out.seconds + float(store.meta().get("seconds", 0.0)))
     return out
+
+
+def _splittable(attack: Attack) -> bool:
+    """Whether the attack can run one batch at a time (see ``Attack.per_batch``)."""
+    if isinstance(attack, Ensemble):
+        return all(_splittable(a) for a in attack.attacks)
+    return attack.per_batch
+
+
+def _run_batches(
+    attack: Attack,
+    clf: Classifier,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int | None,
+    store: Store | None,
+    model: str,
+    key: str,
+) -> AttackResult:
+    """Run ``attack`` batch by batch, saving each batch (and skipping those already saved)."""
+    n = x.shape[0]
+    size = (batch_size or n) if _splittable(attack) else n
+    done = set() if store is None else store.done_batches(model, key)
+    parts = []
+    for i, lo in enumerate(range(0, n, size)):
+        if i in done:
+            continue
+        xb, yb = x[lo : lo + size].to(clf.device), y[lo : lo + size].to(clf.device)
+        part = _to_cpu(attack(clf, xb, yb, batch_offset=i))
+        if store is None:
+            parts.append(part)
+        else:
+            save_batch(store, model, key, i, lo, part)
+    if store is None:
+        joined = AttackResult.concat(parts)
+        if isinstance(parts[0], EnsembleResult):
+            ens = parts[0]
+            broken = torch.cat([p.broken_by for p in parts])  # type: ignore[attr-defined]
+            fields = {f: getattr(joined, f) for f in _RESULT_FIELDS}
+            return EnsembleResult(**fields, broken_by=broken, members=ens.members)
+        return joined
+    return load_result(store, model, key, attack.threat)
+
+
+def run_config(
+    clfs: Mapping[str, Classifier],
+    x: Tensor,
+    y: Tensor,
+    plan: Sequence[PlanEntry],
+    bounds: tuple[float, float],
+    levels: int | None,
+    seed: int,
+    batch_size: int | None,
+) -> dict[str, Any]:
+    """What makes two runs the same run: a resume must match it exactly."""
+    return {
+        "models": {name: model_hash(clf.module) for name, clf in clfs.items()},
+        "data": data_hash(x, y),
+        "n": int(x.shape[0]),
+        "bounds": list(bounds),
+        "levels": levels,
+        "seed": seed,
+        "batch_size": batch_size,
+        "plan": [e.to_dict() for e in plan],
+    }
 
 
 def _bar_width() -> dict[str, Any]:
@@ -287,6 +391,9 @@ def _bar_width() -> dict[str, Any]:
     if size.columns > 0 and size.lines > 0:
         return {"dynamic_ncols": True}
     return {"ncols": 100, "nrows": 40}
+
+
+_RESULT_FIELDS = [f.name for f in dataclasses.fields(AttackResult)]
 
 
 def _to_cpu(result: AttackResult) -> AttackResult:

@@ -256,6 +256,7 @@ class DirectionAttack(BlackBoxAttack):
         target: Tensor | None = None,
         *,
         active: Tensor | None = None,
+        batch_offset: int = 0,
         starts: Tensor | None = None,
     ) -> AttackResult:
         """Attack ``model`` on ``x`` (B, ...) with labels ``y`` (B,) (and ``target``).
@@ -266,7 +267,7 @@ class DirectionAttack(BlackBoxAttack):
         adversarial is simply not used. See ``advex.attacks.base.Attack.__call__`` for the rest.
         """
         if starts is None:
-            return super().__call__(model, x, y, target, active=active)
+            return super().__call__(model, x, y, target, active=active, batch_offset=batch_offset)
         if not isinstance(starts, Tensor) or not torch.is_floating_point(starts):
             raise ValueError("starts: expected a floating-point torch.Tensor like x")
         shape = tuple(getattr(x, "shape", ()))
@@ -276,7 +277,7 @@ class DirectionAttack(BlackBoxAttack):
             raise ValueError("starts: contains NaN or Inf")
         self._starts = starts.detach()
         try:
-            return super().__call__(model, x, y, target, active=active)
+            return super().__call__(model, x, y, target, active=active, batch_offset=batch_offset)
         finally:
             self._starts = self._batch_starts = None
 

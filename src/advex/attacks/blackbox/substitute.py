@@ -445,6 +445,7 @@ class Substitute(BlackBoxAttack):
     """
 
     name: ClassVar[str] = "substitute"
+    per_batch: ClassVar[bool] = False  # the substitute is trained on the whole input
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1", "l0")
     access: ClassVar[Access] = "label"
 
@@ -501,6 +502,7 @@ class Substitute(BlackBoxAttack):
         target: Tensor | None = None,
         *,
         active: Tensor | None = None,
+        batch_offset: int = 0,
     ) -> AttackResult:
         """Train the substitute on the oracle (once), then attack x batch by batch.
 
@@ -534,7 +536,9 @@ class Substitute(BlackBoxAttack):
             fit.model, num_classes=fit.num_classes, bounds=self.threat.bounds
         )
         try:
-            result = super().__call__(oracle, x, y, target, active=active)
+            result = super().__call__(
+                oracle, x, y, target, active=active, batch_offset=batch_offset
+            )
         finally:
             self._substitute = None
         return dataclasses.replace(result, seconds=time.perf_counter() - start)
