@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 THREADS ?= 2
 
-.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack bench-blackbox clean
+.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack bench-blackbox bench-universal bench-store clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,14 +26,23 @@ $(VENV)/.bench: $(VENV)/.base benchmarks/constraints.txt
 	touch $@
 
 demo: $(VENV)/.base
-	OMP_NUM_THREADS=$(THREADS) $(BIN)/advex evaluate --out runs/demo
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/advex evaluate --out runs/demo --overwrite
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+# The report test renders a report in headless Chromium (Debian's chromium package).
+$(VENV)/.browser: | $(BIN)/python
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); command -v apt-get >/dev/null 2>&1 && \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "note: chromium could not be installed; the browser test of the report will skip"
+	touch $@
+
+test: lint $(VENV)/.browser
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest
 
 test-slow: $(VENV)/.dev
@@ -47,6 +56,12 @@ bench-minnorm: $(VENV)/.bench
 
 bench-autoattack: $(VENV)/.bench
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/autoattack.py --checks
+
+bench-store: $(VENV)/.base
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/store_overhead.py --threads $(THREADS)
+
+bench-universal: $(VENV)/.bench
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/universal.py --threads $(THREADS)
 
 bench-blackbox: $(VENV)/.bench
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/blackbox.py --threads $(THREADS)

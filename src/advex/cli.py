@@ -444,16 +444,18 @@ def evaluate(
                 progress=progress,
                 store=store,
             )
-            metadata = store.meta().get("metadata", metadata)
+            stored_meta = store.meta()
     except StoreError as err:
         _fail(_message(err))
+    metadata = stored_meta.get("metadata", metadata)
     results_path = write_results(result, out / "results.json", metadata)
     report_path = write_report(
         result,
         out / "report.html",
         title="advex evaluation",
-        metadata=_report_metadata(metadata, len(y)),
+        metadata=_report_metadata(stored_meta, len(y)),
         examples=examples,
+        models=models,
     )
     _print_rows(result)
     _print_flags(result)
@@ -494,15 +496,38 @@ def _remove_store(out: Path) -> None:
         (out / (STORE_FILE + suffix)).unlink(missing_ok=True)
 
 
-def _report_metadata(metadata: dict[str, Any], n: int) -> dict[str, Any]:
+def _report_metadata(stored: dict[str, Any], n: int) -> dict[str, Any]:
+    """What the report's metadata section shows: the command, the data, the models with their
+    weights' hashes, and the environment the run was made in (from the store, not this one)."""
+    metadata = stored.get("metadata", {})
     config = metadata.get("config", {})
-    return {
+    hashes = (stored.get("config") or {}).get("models", {})
+    out = {
         "command": metadata.get("command", ""),
         "data": f"{metadata.get('data', '')} ({metadata.get('split', '')}), first {n} samples",
         "models": ", ".join(config.get("models", [])),
+        "weights (sha256, 16 hex)": ", ".join(f"{k}: {v}" for k, v in hashes.items()),
         "device": metadata.get("device", ""),
-        "torch": torch.__version__,
     }
+    out.update(stored.get("environment", {}))
+    return out
+
+
+def _stored_models(stored: dict[str, Any]) -> dict[str, Classifier] | None:
+    """The run's models loaded again, if every one is still available with the same weights
+    (their hash is checked against the store); None otherwise. Only the report's confidences
+    use them."""
+    from advex.evaluate.store import model_hash
+
+    cli, hashes = stored.get("cli") or {}, (stored.get("config") or {}).get("models", {})
+    try:
+        specs = [_resolve(s) for s in _split_list(cli.get("model")) or DEFAULT_MODELS]
+        models, _ = _load_models(specs, _split_list(cli.get("arch")), "cpu")
+    except (typer.Exit, *_USER_ERRORS):
+        return None
+    if {k: model_hash(m.module) for k, m in models.items()} != hashes:
+        return None
+    return models
 
 
 @app.command()
@@ -516,7 +541,8 @@ def report(
         int, typer.Option(min=0, help="Example images per model in the report.")
     ] = 8,
 ) -> None:
-    """Regenerate the HTML report of a run from its results store alone."""
+    """Regenerate the HTML report of a run from its results store alone (the models are
+    loaded again only for the example images' confidences, when their weights still match)."""
     from advex.evaluate import write_report
     from advex.evaluate.store import Store, StoreError
     from advex.evaluate.stored import load_evaluation
@@ -524,7 +550,7 @@ def report(
     try:
         with Store(folder, readonly=True) as store:
             result = load_evaluation(store)
-            metadata = store.meta().get("metadata", {})
+            stored = store.meta()
     except StoreError as err:
         _fail(_message(err))
     target = output or folder / "report.html"
@@ -533,8 +559,9 @@ def report(
             result,
             target,
             title="advex evaluation",
-            metadata=_report_metadata(metadata, len(result.y)),
+            metadata=_report_metadata(stored, len(result.y)),
             examples=examples,
+            models=_stored_models(stored),
         )
     except OSError as err:
         _fail(f"--output {target}: cannot write the report: {err.strerror or err}")

@@ -200,22 +200,25 @@ class AttackResult:
 
     @staticmethod
     def concat(parts: list[AttackResult], seconds: float | None = None) -> AttackResult:
-        """Join results of consecutive batches of the same attack and threat."""
+        """Join results of consecutive batches of the same attack and threat.
+
+        The result has the class of ``parts[0]`` (a subclass's per-sample fields, its
+        ``PER_SAMPLE``, are joined too; its other fields are taken from the first part)."""
         if not parts:
             raise ValueError("parts: nothing to concatenate")
         first = parts[0]
+        names = first.PER_SAMPLE
         joined: dict[str, Any] = {}
-        for name in AttackResult.PER_SAMPLE:
+        for name in names:
             values = [getattr(p, name) for p in parts]
             joined[name] = None if values[0] is None else torch.cat(values)
-        return AttackResult(
-            **joined,
-            seconds=sum(p.seconds for p in parts) if seconds is None else seconds,
-            attack=first.attack,
-            threat=first.threat,
-            params=first.params,
-            metric=first.metric,
-        )
+        rest = {
+            f.name: getattr(first, f.name)
+            for f in dataclasses.fields(first)
+            if f.name not in names and f.name != "seconds"
+        }
+        total = sum(p.seconds for p in parts) if seconds is None else seconds
+        return type(first)(**rest, **joined, seconds=total)
 
 
 def _mean(t: Tensor) -> float:

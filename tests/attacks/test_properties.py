@@ -29,6 +29,7 @@ from advex.attacks import (
     LBFGS,
     PGD,
     ZOO,
+    AdversarialPatch,
     CWLinf,
     DeepFool,
     FakeImage,
@@ -36,8 +37,11 @@ from advex.attacks import (
     LocalSearch,
     OnePixel,
     OptAttack,
+    ReColorAdv,
+    RotationTranslation,
     SignOPT,
     Square,
+    StAdv,
     Substitute,
     fast,
 )
@@ -72,7 +76,15 @@ NORMS = {
     "opt": ("l2",),
     "sign_opt": ("l2",),
     "zoo": ("l2",),
+    # distances of their own (result.metric); the norm only labels the threat
+    "stadv": ("linf", "l2"),
+    "rotation_translation": ("linf", "l2"),
+    "recoloradv": ("linf", "l2"),
+    "patch": ("l0",),
 }
+#: Attacks measured by their own metric, run with eps=None only.
+METRIC = {"stadv": "flow", "rotation_translation": "rotation_translation"}
+METRIC |= {"recoloradv": "color", "patch": "patch_area"}
 TARGETED = {"fgsm": (False, True), "pgd": (False, True), "bim": (False, True), "illc": (False,)}
 TARGETED["fake_image"] = (True,)
 TARGETED |= {"deepfool": (False,), "jsma": (True,)}
@@ -81,9 +93,11 @@ TARGETED |= {"apgd": (False, True), "apgd-t": (False,), "fab": (False, True)}
 TARGETED |= {"fab-t": (False,), "square": (False, True), "fast": (False,)}
 TARGETED |= {a: (False, True) for a in ("hsja", "local_search", "one_pixel", "substitute")}
 TARGETED |= {"opt": (False, True), "sign_opt": (False, True), "zoo": (False, True)}
+TARGETED |= {a: (False, True) for a in ("stadv", "rotation_translation", "recoloradv")}
+TARGETED |= {"patch": (False,)}  # one target for a whole dataset: tests/attacks/test_patch.py
 # the others do not use the generator at all
 RANDOMIZED = {"pgd", "fake_image", "apgd", "apgd-t", "square", "fast", "hsja", "substitute"}
-RANDOMIZED |= {"local_search", "one_pixel", "opt", "sign_opt", "zoo"}
+RANDOMIZED |= {"local_search", "one_pixel", "opt", "sign_opt", "zoo", "patch"}
 
 MIN_NORM = {
     "deepfool",
@@ -117,7 +131,7 @@ CASES = [
     for n in NORMS[a]
     for t in TARGETED[a]
     for lv in (None, 256)
-    for bounded in ((True, False) if a in MIN_NORM else (True,))
+    for bounded in ((True, False) if a in MIN_NORM else (False,) if a in METRIC else (True,))
 ]
 PARAMS = ("attack", "norm", "targeted", "levels", "bounded")
 
@@ -182,6 +196,14 @@ def make(
         return ZOO(threat, max_queries=60, coordinates=8, seed=seed)
     if attack == "substitute":
         return Substitute(threat, rho=1, epochs=1, per_class=1, seed=seed)
+    if attack == "stadv":
+        return StAdv(threat, steps=10, seed=seed)
+    if attack == "rotation_translation":
+        return RotationTranslation(threat, angles=5, shifts=3, seed=seed)
+    if attack == "recoloradv":
+        return ReColorAdv(threat, steps=10, seed=seed)
+    if attack == "patch":
+        return AdversarialPatch(threat, epochs=1, batch_size=8, scale=0.5, seed=seed)
     return FakeImage(threat, steps=5, seed=seed)
 
 
@@ -253,7 +275,12 @@ def test_result_is_valid_and_measured_by_a_fresh_forward(
     dist = np_norm(res.x_adv - x, norm)
     if bounded:
         assert (dist <= EPS[norm] + ball_tolerance(EPS[norm])).all(), f"max ‖δ‖ = {dist.max()}"
-    np.testing.assert_allclose(res.distance.double().numpy(), dist, rtol=1e-5, atol=1e-6)
+    if attack in METRIC:
+        assert res.metric == METRIC[attack] and res.distance_metric == METRIC[attack]
+        assert bool((res.distance >= 0).all()) and bool(torch.isfinite(res.distance).all())
+    else:
+        assert res.metric is None
+        np.testing.assert_allclose(res.distance.double().numpy(), dist, rtol=1e-5, atol=1e-6)
     if levels is not None:
         assert torch.equal(res.x_adv, torch.round(res.x_adv * 255) / 255), "off the 8-bit grid"
 

@@ -129,7 +129,8 @@ def test_report_is_self_contained_and_escaped(evaluation: EvaluationResult, tmp_
     html = render_report(evaluation, title="t <x>", metadata={"data": "a&b"}, examples=3)
     assert html.startswith("<!DOCTYPE html>")
     imgs = re.findall(r'<img src="([^"]*)"', html)
-    assert len(imgs) == 2 + 2  # linf and l2 plots, one example grid per model
+    # linf and l2 accuracy plots, the l2 distance CDF (deepfool), one example grid per model
+    assert len(imgs) == 2 + 1 + 2
     assert all(src.startswith("data:image/png;base64,") for src in imgs)
     assert "<table" in html and "robust acc." in html
     assert "&lt;b&gt;rand&lt;/b&gt;" in html and "<b>rand</b>" not in html

@@ -12,6 +12,7 @@ from advex.attacks.blackbox import (
     Square,
     Substitute,
 )
+from advex.attacks.color import ColorResult, ReColorAdv
 from advex.attacks.cw import CWL2
 from advex.attacks.cw_l0 import CWL0
 from advex.attacks.cw_linf import CWLinf
@@ -20,10 +21,14 @@ from advex.attacks.ead import EAD
 from advex.attacks.ensemble import Ensemble, EnsembleResult, Fast, Standard, fast, standard
 from advex.attacks.fab import FAB, FABT
 from advex.attacks.fgsm import FGSM
+from advex.attacks.fitted import DatasetAttack, Fitted
 from advex.attacks.fmn import FMN
 from advex.attacks.jsma import JSMA
 from advex.attacks.lbfgs import LBFGS
+from advex.attacks.patch import AdversarialPatch, Patch
 from advex.attacks.pgd import BIM, ILLC, PGD
+from advex.attacks.rotation import RotationResult, RotationTranslation
+from advex.attacks.stadv import FlowResult, StAdv
 from advex.attacks.visualize import FakeImage
 
 __all__ = [
@@ -43,20 +48,30 @@ __all__ = [
     "LBFGS",
     "PGD",
     "ZOO",
+    "AdversarialPatch",
     "Attack",
     "CWLinf",
+    "ColorResult",
+    "DatasetAttack",
     "DeepFool",
     "Ensemble",
     "EnsembleResult",
     "FakeImage",
     "Fast",
+    "Fitted",
+    "FlowResult",
     "HopSkipJump",
     "LocalSearch",
     "MinNormAttack",
     "OnePixel",
     "OptAttack",
+    "Patch",
+    "ReColorAdv",
+    "RotationResult",
+    "RotationTranslation",
     "SignOPT",
     "Square",
+    "StAdv",
     "Standard",
     "Substitute",
     "Tracker",
@@ -95,5 +110,9 @@ ATTACKS: dict[str, type[Attack]] = {
         ZOO,
         Standard,
         Fast,
+        StAdv,
+        RotationTranslation,
+        ReColorAdv,
+        AdversarialPatch,
     )
 }

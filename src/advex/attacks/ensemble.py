@@ -72,6 +72,20 @@ class EnsembleResult(AttackResult):
             f"{i}:{name}": int((self.broken_by == i).sum()) for i, name in enumerate(self.members)
         }
 
+    @staticmethod
+    def concat(parts: list[AttackResult], seconds: float | None = None) -> AttackResult:
+        """Join consecutive batches; each member's ``rows`` are shifted to the joined indices."""
+        joined = AttackResult.concat(parts, seconds)
+        assert isinstance(joined, EnsembleResult)
+        members: list[tuple[Tensor, AttackResult]] = []
+        offset = 0
+        for part in parts:
+            assert isinstance(part, EnsembleResult)
+            members += [(rows + offset, res) for rows, res in part.member_results]
+            offset += len(part)
+        joined.member_results = members
+        return joined
+
     def to_dict(self, per_sample: bool = False) -> dict[str, Any]:
         out = super().to_dict(per_sample)
         out["members"] = list(self.members)

@@ -83,7 +83,9 @@ class Fitted(abc.ABC):
         """Place the perturbation on ``x`` and return the re-checked result.
 
         ``seed`` drives any random placement (patches), one generator per batch as in
-        ``Attack``. ``queries`` counts one pass per sample (the clean prediction).
+        ``Attack``. ``queries`` counts one pass per sample (the clean prediction). Untargeted,
+        a sample the model already gets wrong is returned unchanged (x' = x, distance 0), as by
+        every advex attack.
         """
         clf = as_classifier(model, bounds=self.threat.bounds)
         x, y, target = _checked(clf, x, y, target, self.threat)
@@ -112,6 +114,11 @@ class Fitted(abc.ABC):
                 clean_pred = clf(xb).argmax(dim=1)
                 x_adv, distance = self.perturb(xb, gen)
                 x_adv = x_adv.detach()
+                if not threat.targeted:  # clean mistakes need no perturbation (x' = x)
+                    wrong = clean_pred != yb
+                    x_adv = torch.where(wrong.reshape(-1, *[1] * (xb.ndim - 1)), xb, x_adv)
+                    if distance is not None:
+                        distance = torch.where(wrong, torch.zeros_like(distance), distance)
                 ones = torch.ones_like(yb)
                 parts.append(
                     finalize(

@@ -8,7 +8,6 @@ are kept whole (``EvaluationResult.records``) so reports can show adversarial ex
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from advex.attacks.base import Attack
-from advex.attacks.ensemble import Ensemble, EnsembleResult
+from advex.attacks.ensemble import Ensemble
 from advex.evaluate.checks import Flag, run_checks
 from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_row
 from advex.evaluate.plan import PlanEntry
@@ -343,19 +342,13 @@ def _run_batches(
             continue
         xb, yb = x[lo : lo + size].to(clf.device), y[lo : lo + size].to(clf.device)
         part = _to_cpu(attack(clf, xb, yb, batch_offset=i))
-        if store is None:
-            parts.append(part)
-        else:
+        if store is not None:
             save_batch(store, model, key, i, lo, part)
-    if store is None:
-        joined = AttackResult.concat(parts)
-        if isinstance(parts[0], EnsembleResult):
-            ens = parts[0]
-            broken = torch.cat([p.broken_by for p in parts])  # type: ignore[attr-defined]
-            fields = {f: getattr(joined, f) for f in _RESULT_FIELDS}
-            return EnsembleResult(**fields, broken_by=broken, members=ens.members)
-        return joined
-    return load_result(store, model, key, attack.threat)
+        parts.append(part)
+    if done:  # a resumed entry: the stored batches and the new ones, as stored
+        assert store is not None
+        return load_result(store, model, key, attack.threat)
+    return type(parts[0]).concat(parts)
 
 
 def run_config(
@@ -391,9 +384,6 @@ def _bar_width() -> dict[str, Any]:
     if size.columns > 0 and size.lines > 0:
         return {"dynamic_ncols": True}
     return {"ncols": 100, "nrows": 40}
-
-
-_RESULT_FIELDS = [f.name for f in dataclasses.fields(AttackResult)]
 
 
 def _to_cpu(result: AttackResult) -> AttackResult:

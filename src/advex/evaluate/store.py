@@ -452,35 +452,37 @@ class Store:
 
         ``columns``: the per-sample fields of ``COLUMNS`` (success … broken_by), each (n,)."""
         n = int(x_adv.shape[0])
-        cols = {k: (None if v is None else v.detach().cpu().tolist()) for k, v in columns.items()}
-        per = seconds / max(n, 1)
+        none = [None] * n
 
-        def value(name: str, i: int) -> Any:
-            col = cols.get(name)
-            return None if col is None else col[i]
+        def col(name: str, kind: type = int) -> list[Any]:
+            value = columns.get(name)
+            if value is None:
+                return none
+            return [kind(v) for v in value.detach().cpu().tolist()]
 
-        rows = [
-            (
-                model,
-                entry,
-                start + i,
-                int(bool(value("success", i))),
-                float(value("distance", i)),
-                int(value("pred", i)),
-                int(value("y", i)),
-                int(value("clean_pred", i)),
-                int(value("queries", i)),
-                int(value("gradients", i)),
-                int(value("steps", i)),
-                int(value("rechecks", i) or 1),
-                value("broken_by", i),
-                per,
-                value("certified", i),
-                value("lower_bound", i),
-                value("upper_bound", i),
+        rechecks = [1] * n if columns.get("rechecks") is None else col("rechecks")
+        rows = list(
+            zip(
+                [model] * n,
+                [entry] * n,
+                range(start, start + n),
+                col("success"),
+                col("distance", float),
+                col("pred"),
+                col("y"),
+                col("clean_pred"),
+                col("queries"),
+                col("gradients"),
+                col("steps"),
+                rechecks,
+                col("broken_by"),
+                [seconds / max(n, 1)] * n,
+                col("certified", str),
+                col("lower_bound", float),
+                col("upper_bound", float),
+                strict=True,
             )
-            for i in range(n)
-        ]
+        )
         blob = encode_tensor(x_adv)
         with self._write(f"saving batch {batch} of {entry} on {model}") as conn:
             conn.execute(
