@@ -443,11 +443,21 @@ def test_catalogue() -> None:
     minimum_norm = {"deepfool", "cw_l2", "cw_linf", "cw_l0", "jsma", "lbfgs", "fmn", "ead"}
     minimum_norm |= {"fab", "fab-t", "hsja", "opt", "sign_opt", "zoo"}
     sparse = {"local_search", "one_pixel"}  # few pixels, eps (a pixel cap) optional
-    assert set(ATTACKS) == fixed | minimum_norm | sparse
+    # distances of their own (result.metric), no eps; the patch is fitted on a whole dataset
+    metric = {"stadv": "flow", "rotation_translation": "rotation_translation"}
+    metric |= {"recoloradv": "color", "patch": "patch_area"}
+    assert set(ATTACKS) == fixed | minimum_norm | sparse | set(metric)
+    for name, kind in metric.items():
+        assert ATTACKS[name].metric == kind and not ATTACKS[name].needs_eps
+        assert ATTACKS[name].select == ("margin" if name == "patch" else "distance")
+        assert ATTACKS[name].per_batch == (name != "patch")
     assert ATTACKS["pgd"] is PGD and ATTACKS["fgsm"] is FGSM and ATTACKS["bim"] is BIM
     assert ATTACKS["illc"] is ILLC and ATTACKS["fake_image"] is FakeImage
     for name, cls in ATTACKS.items():
         assert cls.name == name
+        if name in metric:
+            continue
+        assert cls.metric is None and cls.per_batch == (name != "substitute")
         assert (cls.select == "distance") == (name in minimum_norm)
         assert issubclass(cls, MinNormAttack) == (
             name in minimum_norm - {"hsja", "opt", "sign_opt", "zoo"}
