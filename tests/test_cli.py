@@ -95,7 +95,9 @@ def test_evaluate_writes_results_matching_the_plan(evaluated: Path) -> None:
 def test_evaluate_writes_a_self_contained_report(evaluated: Path) -> None:
     html = (evaluated / "report.html").read_text()
     assert "<img" in html and "<table" in html
-    assert html.count('src="data:image/png;base64,') == 1 + 2  # one linf plot, 2 example grids
+    # one linf plot, 2 example grids, one transfer heat map (two models)
+    assert html.count('src="data:image/png;base64,') == 1 + 2 + 1
+    assert 'id="transfer"' in html
     assert not re.search(r'(src|href)="(http|//)', html)
     assert "mnist_cnn_pgd" in html and "scaled for visibility" in html
 

@@ -456,6 +456,7 @@ def evaluate(
         metadata=_report_metadata(stored_meta, len(y)),
         examples=examples,
         models=models,
+        transfer=_report_transfer(result),
     )
     _print_rows(result)
     _print_flags(result)
@@ -501,7 +502,7 @@ def _report_metadata(stored: dict[str, Any], n: int) -> dict[str, Any]:
     weights' hashes, and the environment the run was made in (from the store, not this one)."""
     metadata = stored.get("metadata", {})
     config = metadata.get("config", {})
-    hashes = (stored.get("config") or {}).get("models", {})
+    hashes = dict((stored.get("config") or {}).get("models", []))
     out = {
         "command": metadata.get("command", ""),
         "data": f"{metadata.get('data', '')} ({metadata.get('split', '')}), first {n} samples",
@@ -513,13 +514,25 @@ def _report_metadata(stored: dict[str, Any], n: int) -> dict[str, Any]:
     return out
 
 
+def _report_transfer(result: Any) -> list[Any]:
+    """The transfer matrices the report shows: per norm, the last plan entry at the largest
+    budget (in the default plan PGD at the largest ε), so the page stays readable."""
+    chosen: dict[str, Any] = {}
+    for m in result.transfer_matrices():
+        eps = m.threat.eps if m.threat.eps is not None else -1.0
+        best = chosen.get(m.threat.norm)
+        if best is None or eps >= (best.threat.eps if best.threat.eps is not None else -1.0):
+            chosen[m.threat.norm] = m
+    return list(chosen.values())
+
+
 def _stored_models(stored: dict[str, Any]) -> dict[str, Classifier] | None:
     """The run's models loaded again, if every one is still available with the same weights
     (their hash is checked against the store); None otherwise. Only the report's confidences
     use them."""
     from advex.evaluate.store import model_hash
 
-    cli, hashes = stored.get("cli") or {}, (stored.get("config") or {}).get("models", {})
+    cli, hashes = stored.get("cli") or {}, dict((stored.get("config") or {}).get("models", []))
     try:
         specs = [_resolve(s) for s in _split_list(cli.get("model")) or DEFAULT_MODELS]
         models, _ = _load_models(specs, _split_list(cli.get("arch")), "cpu")
@@ -562,6 +575,7 @@ def report(
             metadata=_report_metadata(stored, len(result.y)),
             examples=examples,
             models=_stored_models(stored),
+            transfer=_report_transfer(result),
         )
     except OSError as err:
         _fail(f"--output {target}: cannot write the report: {err.strerror or err}")

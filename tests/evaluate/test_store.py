@@ -345,3 +345,32 @@ def test_model_names_with_markup_survive_the_store(digits, tmp_path: Path) -> No
         )
     with Store(tmp_path, readonly=True) as store:
         assert load_evaluation(store).model_names == [name]
+
+
+def test_transfer_matrices_come_back_from_the_store(digits, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    models = {"mlp": digits.model, "linear": nn.Sequential(nn.Flatten(), nn.Linear(64, 10))}
+    x, y = digits.x[:24], digits.y[:24]
+    plan = grid_plan(["fgsm", "pgd"], "linf", [0.2], steps=3)
+    with Store(tmp_path) as store:
+        live = run_evaluation(models, x, y, plan, batch_size=8, progress=False, store=store)
+    with Store(tmp_path, readonly=True) as store:
+        loaded = load_evaluation(store)
+    got, want = loaded.transfer_matrices(), live.transfer_matrices()
+    assert len(want) == len(plan)
+    for a, b in zip(got, want, strict=True):
+        assert a.sources == b.sources == ("mlp", "linear")
+        assert torch.equal(a.counts, b.counts)
+        assert torch.allclose(a.rates, b.rates, equal_nan=True)
+        assert torch.all(a.rates.diagonal()[a.counts.diagonal() > 0] == 1)
+    # the off-diagonal cell recomputed by hand: the linear model on the MLP's points
+    res = live.result("mlp", plan[1])
+    with torch.no_grad():
+        pred = models["linear"](res.x_adv).argmax(1)
+        clean = models["linear"](x).argmax(1)
+    mask = res.success & res.clean_correct & (clean == y)
+    assert int(want[1].counts[0, 1]) == int(mask.sum())
+    if bool(mask.any()):
+        assert float(want[1].rates[0, 1]) == pytest.approx(
+            float((pred[mask] != y[mask]).double().mean())
+        )

@@ -30,6 +30,8 @@ from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_
 from advex.evaluate.plan import PlanEntry
 from advex.evaluate.store import Store, data_hash, model_hash
 from advex.evaluate.stored import entry_key, load_result, save_batch
+from advex.evaluate.transfer import TransferMatrix
+from advex.evaluate.transfer import matrix as transfer_matrix
 from advex.model import Classifier, as_classifier, check_inputs
 from advex.norms import on_grid
 from advex.result import AttackResult
@@ -76,6 +78,9 @@ class EvaluationResult:
     seed: int = 0
     batch_size: int | None = None
     seconds: float = 0.0
+    #: (entry index, source model, target model) → the target's labels on the source's
+    #: adversarial points (several models only; see ``transfer_matrices``).
+    cross_pred: dict[tuple[int, str, str], Tensor] = field(default_factory=dict)
 
     @property
     def model_names(self) -> list[str]:
@@ -107,6 +112,24 @@ class EvaluationResult:
             for (model, _, _), recs in groups.items()
             if len(recs) > 1
         ]
+
+    def transfer_matrices(self) -> list[TransferMatrix]:
+        """One transfer matrix per plan entry run on two or more models: each model's
+        adversarial points evaluated on every model (``advex.evaluate.transfer``)."""
+        out = []
+        for i, entry in enumerate(self.plan):
+            results = {r.model: r.result for r in self.records if r.entry == entry}
+            if len(results) < 2:
+                continue
+            preds: dict[tuple[str, str], Tensor] = {}
+            for s in results:
+                for t in results:
+                    pred = results[s].pred if s == t else self.cross_pred.get((i, s, t))
+                    if pred is not None:
+                        preds[s, t] = pred
+            clean = {name: self.clean_pred[name] for name in results}
+            out.append(transfer_matrix(results, preds, clean, self.y))
+        return out
 
     def result(self, model: str, entry: PlanEntry) -> AttackResult:
         """The result of ``entry`` on ``model``."""
@@ -309,10 +332,33 @@ def run_evaluation(
                         store.complete(name, key, [f.to_dict() for f in flags])
                 out.records.append(Record(name, entry, result, flags))
                 bar.update(1)
+    _cross_predictions(out, clfs, keys, store)
     out.seconds = time.perf_counter() - start
     if store is not None:
         store.set_meta(seconds=out.seconds + float(store.meta().get("seconds", 0.0)))
     return out
+
+
+def _cross_predictions(
+    out: EvaluationResult, clfs: Mapping[str, Classifier], keys: Sequence[str], store: Store | None
+) -> None:
+    """Every model's labels on every other model's adversarial points, per plan entry (stored,
+    and loaded from the store on a resume)."""
+    if len(clfs) < 2:
+        return
+    for i, (entry, key) in enumerate(zip(out.plan, keys, strict=True)):
+        stored = {} if store is None else store.cross(key)
+        for source in clfs:
+            x_adv = out.result(source, entry).x_adv
+            for target, clf in clfs.items():
+                if target == source:
+                    continue
+                pred = stored.get((source, target))
+                if pred is None:
+                    pred = clf.predict(x_adv.to(clf.device)).cpu()
+                    if store is not None:
+                        store.put_cross(key, source, target, pred)
+                out.cross_pred[i, source, target] = pred
 
 
 def _splittable(attack: Attack) -> bool:
@@ -363,7 +409,8 @@ def run_config(
 ) -> dict[str, Any]:
     """What makes two runs the same run: a resume must match it exactly."""
     return {
-        "models": {name: model_hash(clf.module) for name, clf in clfs.items()},
+        # a list, in the run's order (JSON objects are stored with sorted keys)
+        "models": [[name, model_hash(clf.module)] for name, clf in clfs.items()],
         "data": data_hash(x, y),
         "n": int(x.shape[0]),
         "bounds": list(bounds),

@@ -13,7 +13,9 @@
 * ``batches``: per (model, entry, batch) its samples, seconds and adversarial points
   (float32, compressed — exact, so that a loaded result is the result that was computed);
 * ``entries`` and ``flags``: the plan entries and the sanity checks' flags, and which entries
-  are complete.
+  are complete;
+* ``cross``: with several models, each model's predictions on every other model's adversarial
+  points (the transfer matrices).
 
 Every batch is written in one transaction (write-ahead log, ``synchronous=FULL``): a process
 killed at any moment leaves the store as it was after its last complete batch, and the next
@@ -86,6 +88,9 @@ CREATE TABLE IF NOT EXISTS results (
     broken_by INTEGER, seconds REAL NOT NULL,
     certified TEXT, lower_bound REAL, upper_bound REAL,
     PRIMARY KEY (model, entry, idx));
+CREATE TABLE IF NOT EXISTS cross (
+    entry TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL, pred BLOB NOT NULL,
+    PRIMARY KEY (entry, source, target));
 CREATE TABLE IF NOT EXISTS completed (
     model TEXT NOT NULL, entry TEXT NOT NULL, flags TEXT NOT NULL, PRIMARY KEY (model, entry));
 """
@@ -542,6 +547,19 @@ class Store:
         """The flags of a complete (model, entry); None while it is not complete."""
         rows = self._read("SELECT flags FROM completed WHERE model=? AND entry=?", (model, entry))
         return json.loads(rows[0][0]) if rows else None
+
+    def put_cross(self, entry: str, source: str, target: str, pred: Tensor) -> None:
+        """``target``'s labels on the adversarial points ``source`` gave for ``entry``."""
+        with self._write(f"saving {target}'s labels on {source}'s points") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO cross VALUES (?, ?, ?, ?)",
+                (entry, source, target, encode_tensor(pred)),
+            )
+
+    def cross(self, entry: str) -> dict[tuple[str, str], Tensor]:
+        """(source, target) → target's labels on source's points, for ``entry``."""
+        rows = self._read("SELECT source, target, pred FROM cross WHERE entry=?", (entry,))
+        return {(s, t): decode_tensor(blob) for s, t, blob in rows}
 
     def rows(self) -> list[dict[str, Any]]:
         """Every per-sample row (the export table), ordered by model, plan entry and sample."""

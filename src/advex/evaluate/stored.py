@@ -121,7 +121,7 @@ def load_evaluation(store: Store) -> Any:
         plan.append(entry)
         keyed.append((key, entry))
     clean_pred = {}
-    for name in config["models"]:
+    for name, _ in config["models"]:
         pred = store.clean(name)
         if pred is not None:
             clean_pred[name] = pred
@@ -136,6 +136,9 @@ def load_evaluation(store: Store) -> Any:
         batch_size=config["batch_size"],
         seconds=float(meta.get("seconds", 0.0)),
     )
+    for i, (key, _) in enumerate(keyed):
+        for (source, target), pred in store.cross(key).items():
+            out.cross_pred[i, source, target] = pred
     for name in clean_pred:
         for key, entry in keyed:
             flags = store.completed(name, key)

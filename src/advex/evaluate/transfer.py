@@ -35,7 +35,7 @@ from advex.oracle import Oracle
 from advex.result import AttackResult, succeeded
 from advex.threat import ThreatModel
 
-__all__ = ["TransferMatrix", "transfer"]
+__all__ = ["TransferMatrix", "matrix", "transfer"]
 
 
 @dataclass(eq=False)
@@ -213,21 +213,57 @@ def transfer(
     if not threat.targeted and target is not None:
         raise ValueError("target: given, but the attack's threat model is untargeted")
     x = x.detach()
-    clean_ok = {name: _labels(model, x, threat.bounds) == y for name, model in targets.items()}
-    s_n, t_n = len(sources), len(targets)
-    rates = torch.full((s_n, t_n), math.nan, dtype=torch.float64)
-    counts = torch.zeros(s_n, t_n, dtype=torch.long)
-    errors = torch.zeros(s_n, t_n, dtype=torch.float64)
-    source_success = torch.zeros(s_n, dtype=torch.float64)
+    clean = {name: _labels(model, x, threat.bounds) for name, model in targets.items()}
     results: dict[str, AttackResult] = {}
-    for i, (s_name, s_model) in enumerate(sources.items()):
+    predictions: dict[tuple[str, str], Tensor] = {}
+    for s_name, s_model in sources.items():
         res = attack(s_model, x, y, target)
         results[s_name] = res
         x_adv = res.x_adv.to(x.device)
-        broken = (res.success & res.clean_correct).to(x.device)
+        for t_name, t_model in targets.items():
+            predictions[s_name, t_name] = _labels(t_model, x_adv, threat.bounds)
+    return matrix(results, predictions, clean, y, target)
+
+
+def matrix(
+    results: Mapping[str, AttackResult],
+    predictions: Mapping[tuple[str, str], Tensor],
+    clean: Mapping[str, Tensor],
+    y: Tensor,
+    target: Tensor | None = None,
+) -> TransferMatrix:
+    """The transfer matrix from results already computed (see the module docstring).
+
+    Args:
+        results: source name → the attack's result on that source (same samples, same attack).
+        predictions: (source, target) → the target's labels (B,) on the source's points; a
+            missing pair is left NaN (and counted 0).
+        clean: target name → its labels (B,) on the clean inputs.
+        y: (B,) labels; target: (B,) target labels of a targeted attack.
+    """
+    if not results or not clean:
+        raise ValueError("results, clean: expected at least one source and one target")
+    first = next(iter(results.values()))
+    threat = first.threat
+    dev = torch.device("cpu")
+    y = y.to(dev)
+    target = None if target is None else target.to(dev)
+    clean_ok = {name: pred.to(dev) == y for name, pred in clean.items()}
+    s_n, t_n = len(results), len(clean)
+    rates = torch.full((s_n, t_n), math.nan, dtype=torch.float64)
+    counts = torch.zeros(s_n, t_n, dtype=torch.long)
+    errors = torch.full((s_n, t_n), math.nan, dtype=torch.float64)
+    source_success = torch.zeros(s_n, dtype=torch.float64)
+    for i, (s_name, res) in enumerate(results.items()):
+        if len(res) != y.shape[0]:
+            raise ValueError(f"results: {s_name!r} has {len(res)} samples, y has {y.shape[0]}")
+        broken = (res.success & res.clean_correct).to(dev)
         source_success[i] = res.success_rate
-        for j, (t_name, t_model) in enumerate(targets.items()):
-            pred = _labels(t_model, x_adv, threat.bounds)
+        for j, t_name in enumerate(clean):
+            pred = predictions.get((s_name, t_name))
+            if pred is None:
+                continue
+            pred = pred.to(dev)
             fooled = succeeded(pred, y, target, threat.targeted)
             mask = broken & clean_ok[t_name]
             counts[i, j] = int(mask.sum())
@@ -235,18 +271,18 @@ def transfer(
                 rates[i, j] = float(fooled[mask].double().mean())
             errors[i, j] = float((pred != y).double().mean())
     accuracy = torch.tensor(
-        [float(clean_ok[t].double().mean()) for t in targets], dtype=torch.float64
+        [float(clean_ok[t].double().mean()) for t in clean], dtype=torch.float64
     )
     return TransferMatrix(
-        sources=tuple(sources),
-        targets=tuple(targets),
+        sources=tuple(results),
+        targets=tuple(clean),
         rates=rates,
         counts=counts,
         error_rates=errors,
         source_success=source_success,
         target_accuracy=accuracy,
-        n=int(x.shape[0]),
-        attack=attack.name,
+        n=int(y.shape[0]),
+        attack=first.attack,
         threat=threat,
-        results=results,
+        results=dict(results),
     )
