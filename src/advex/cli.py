@@ -331,6 +331,14 @@ def evaluate(
     out: Annotated[
         Path, typer.Option(help="Output folder: store.sqlite, results.json, report.html.")
     ] = Path("runs/evaluate"),
+    clever: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also estimate CLEVER scores on the first N samples per model and Lp norm "
+            "(an estimate, never a certificate; about a second per sample and class).",
+        ),
+    ] = 0,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -372,6 +380,7 @@ def evaluate(
         "steps": steps,
         "seed": seed,
         "batch_size": batch_size,
+        "clever": clever,
     }
     if resume is not None:
         settings = _resumed_settings(resume, settings)
@@ -443,6 +452,7 @@ def evaluate(
                 batch_size=batch_size,
                 progress=progress,
                 store=store,
+                clever_samples=settings["clever"],
             )
             stored_meta = store.meta()
     except StoreError as err:
@@ -457,6 +467,7 @@ def evaluate(
         examples=examples,
         models=models,
         transfer=_report_transfer(result),
+        clever=result.clever or None,
     )
     _print_rows(result)
     _print_flags(result)
@@ -576,6 +587,7 @@ def report(
             examples=examples,
             models=_stored_models(stored),
             transfer=_report_transfer(result),
+            clever=result.clever or None,
         )
     except OSError as err:
         _fail(f"--output {target}: cannot write the report: {err.strerror or err}")

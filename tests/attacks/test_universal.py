@@ -189,9 +189,11 @@ def test_one_direction_fools_every_point_on_one_side(norm: str, q: float) -> Non
     assert fitted.history[0] == 1.0 and len(fitted.history) == 1
     assert fitted.fooling_rate(model, x) == 1.0
     assert fitted.norm <= 1.05 * need * (1 + 1e-5)
-    direction = u if norm == "l2" else u.sign()
-    cos = nn.functional.cosine_similarity(fitted.v.flatten(), direction, dim=0)
-    assert float(cos) > 0.99
+    # Hölder: uᵀv ≤ ‖u‖_q‖v‖_p, and fooling the farthest point needs uᵀv > max g = need·‖u‖_q,
+    # so v is aligned with u (L2) or sign(u) (L∞) to within need/ξ = 1/1.05
+    v = fitted.v.flatten()
+    assert float(u @ v) >= float(gaps(model, x).max())
+    assert float(u @ v) / float(u.norm(p=q) * lp_norm(fitted.v, norm)[0]) >= 1 / 1.05
     # below the bound, the fit cannot reach 1 (and says so)
     short = Universal(ThreatModel(norm, 0.95 * need, bounds=WIDE), max_passes=3).fit(model, x, y)
     assert max(short.history) < 1.0 and short.fooling_rate(model, x) < 1.0
@@ -202,16 +204,16 @@ def test_one_direction_fools_every_point_on_one_side(norm: str, q: float) -> Non
 
 # ----- strength on the bundled CNN, held out --------------------------------------------------
 def test_universal_fools_held_out_images(mnist) -> None:
-    """L∞ ξ = 0.2, fitted on 200 train images: measured 17.2 % of 500 test images fooled.
+    """L∞ ξ = 0.2, fitted on 300 train images: measured 20.0 % of 500 test images fooled.
 
     A random ±ξ sign pattern (the same size) fools under 5 % of them.
     """
     model, x, y, xt, _ = mnist
     threat = ThreatModel("linf", 0.2)
-    fitted = Universal(threat, max_passes=3).fit(model, x[:200], y[:200])
+    fitted = Universal(threat).fit(model, x, y)
     assert fitted.norm <= 0.2 + ball_tolerance(0.2)
     rate = fitted.fooling_rate(model, xt)
-    assert rate >= 0.14
+    assert rate >= 0.17
     g = torch.Generator().manual_seed(0)
     noise = 0.2 * (torch.rand(fitted.v.shape, generator=g) * 2 - 1).sign()
     random = UniversalPerturbation(attack="noise", threat=threat, v=noise)
@@ -227,18 +229,15 @@ def test_universal_sgd_fools_held_out_images(mnist) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "target", "want"), [("universal", 2, 0.33), ("universal_sgd", 8, 0.25)]
+    ("kind", "target", "want"), [("universal", 2, 0.35), ("universal_sgd", 8, 0.25)]
 )
 def test_targeted_universal_reaches_the_target(mnist, kind: str, target: int, want: float) -> None:
-    """One v toward one class, L∞ ξ = 0.2: measured 38.1 % (Universal → 2, 200 fitting images)
-    and 28.7 % (UniversalSGD → 8, 300 images) of the held-out images not already in the class."""
+    """One v toward one class, L∞ ξ = 0.2, 300 fitting images: measured 39.6 % (Universal → 2)
+    and 28.7 % (UniversalSGD → 8, 5 epochs) of the held-out images not already in the class."""
     model, x, y, xt, yt = mnist
     threat = ThreatModel("linf", 0.2, targeted=True)
-    attack = (
-        Universal(threat, max_passes=3) if kind == "universal" else UniversalSGD(threat, epochs=5)
-    )
-    n = 200 if kind == "universal" else 300
-    fitted = attack.fit(model, x[:n], y[:n], torch.full((n,), target))
+    attack = Universal(threat) if kind == "universal" else UniversalSGD(threat, epochs=5)
+    fitted = attack.fit(model, x, y, torch.full((len(x),), target))
     with torch.no_grad():
         keep = model(xt).argmax(dim=1) != target
     res = fitted.apply(model, xt[keep], yt[keep], torch.full((int(keep.sum()),), target))

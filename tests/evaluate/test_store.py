@@ -374,3 +374,20 @@ def test_transfer_matrices_come_back_from_the_store(digits, tmp_path: Path) -> N
         assert float(want[1].rates[0, 1]) == pytest.approx(
             float((pred[mask] != y[mask]).double().mean())
         )
+
+
+def test_clever_estimates_are_stored_and_reported(small, tmp_path: Path) -> None:
+    from advex.evaluate import render_report
+
+    models, x, y = small
+    plan = grid_plan(["fgsm"], "l2", [1.0])
+    with Store(tmp_path) as store:
+        live = run_evaluation(models, x, y, plan, progress=False, store=store, clever_samples=3)
+    with Store(tmp_path, readonly=True) as store:
+        loaded = load_evaluation(store)
+    (a,), (b,) = live.clever["mlp"], loaded.clever["mlp"]
+    assert len(a) == 3 and a.norm == "l2" and a.estimate
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.correct, b.correct)
+    assert a.n_batches == b.n_batches and a.radius == b.radius
+    html = render_report(loaded, clever=loaded.clever)
+    assert 'id="clever"' in html and "CLEVER scores (estimate)" in html

@@ -8,6 +8,7 @@ are kept whole (``EvaluationResult.records``) so reports can show adversarial ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -26,10 +27,11 @@ from tqdm import tqdm
 from advex.attacks.base import Attack
 from advex.attacks.ensemble import Ensemble
 from advex.evaluate.checks import Flag, run_checks
+from advex.evaluate.clever import CleverResult, clever
 from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_row
 from advex.evaluate.plan import PlanEntry
 from advex.evaluate.store import Store, data_hash, model_hash
-from advex.evaluate.stored import entry_key, load_result, save_batch
+from advex.evaluate.stored import clever_from_store, entry_key, load_result, save_batch
 from advex.evaluate.transfer import TransferMatrix
 from advex.evaluate.transfer import matrix as transfer_matrix
 from advex.model import Classifier, as_classifier, check_inputs
@@ -81,6 +83,8 @@ class EvaluationResult:
     #: (entry index, source model, target model) → the target's labels on the source's
     #: adversarial points (several models only; see ``transfer_matrices``).
     cross_pred: dict[tuple[int, str, str], Tensor] = field(default_factory=dict)
+    #: model name → CLEVER estimates (one per Lp norm of the plan) on the first samples.
+    clever: dict[str, list[CleverResult]] = field(default_factory=dict)
 
     @property
     def model_names(self) -> list[str]:
@@ -240,6 +244,7 @@ def run_evaluation(
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
     store: Store | None = None,
+    clever_samples: int = 0,
 ) -> EvaluationResult:
     """Run every plan entry against every model on the samples ``x``, ``y``.
 
@@ -261,6 +266,9 @@ def run_evaluation(
         progress: show a progress bar on stderr over (model, entry) pairs; None shows it only
             when stderr is a terminal.
         store: an open ``advex.evaluate.store.Store`` to save into and resume from.
+        clever_samples: also estimate CLEVER scores (``advex.evaluate.clever``; an estimate,
+            never a certificate) on the first this many samples, for every model and every Lp
+            norm of the plan, with light settings (``CLEVER_SETTINGS``).
 
     Returns:
         An ``EvaluationResult`` with one record per (model, entry).
@@ -333,6 +341,8 @@ def run_evaluation(
                 out.records.append(Record(name, entry, result, flags))
                 bar.update(1)
     _cross_predictions(out, clfs, keys, store)
+    if clever_samples:
+        _clever_scores(out, clfs, store, clever_samples, seed)
     out.seconds = time.perf_counter() - start
     if store is not None:
         store.set_meta(seconds=out.seconds + float(store.meta().get("seconds", 0.0)))
@@ -359,6 +369,47 @@ def _cross_predictions(
                     if store is not None:
                         store.put_cross(key, source, target, pred)
                 out.cross_pred[i, source, target] = pred
+
+
+#: The tensor fields of a ``CleverResult`` (the rest are settings).
+CLEVER_TENSORS: tuple[str, ...] = ("scores", "lipschitz", "classes", "correct")
+CLEVER_TENSORS += ("class_scores", "class_lipschitz", "margins", "pvalues")
+
+#: CLEVER settings of an evaluation: 50 batches of 128 points (the paper: 500 of 1024), 3
+#: initial Weibull shapes — about a second per sample and class on a small CNN.
+CLEVER_SETTINGS: dict[str, Any] = {"n_batches": 50, "batch_points": 128, "shapes": (1.0, 5.0, 20.0)}
+
+
+def _clever_scores(
+    out: EvaluationResult,
+    clfs: Mapping[str, Classifier],
+    store: Store | None,
+    n: int,
+    seed: int,
+) -> None:
+    """CLEVER estimates per model and Lp norm of the plan (stored; loaded on a resume)."""
+    norms = [m for m in ("linf", "l2", "l1") if any(e.norm == m for e in out.plan)]
+    stored = (
+        {} if store is None else {(m, k): (meta, t) for m, k, meta, t in store.extras("clever")}
+    )
+    x, y = out.x[:n], out.y[:n]
+    for name, clf in clfs.items():
+        for norm in norms:
+            if (name, norm) in stored:
+                res = clever_from_store(*stored[name, norm])
+            else:
+                res = clever(
+                    clf, x.to(clf.device), y.to(clf.device), norm=norm, seed=seed, **CLEVER_SETTINGS
+                )
+                if store is not None:
+                    tensors = {k: getattr(res, k) for k in CLEVER_TENSORS}
+                    meta = {
+                        f.name: getattr(res, f.name)
+                        for f in dataclasses.fields(res)
+                        if f.name not in CLEVER_TENSORS
+                    }
+                    store.put_extra("clever", name, norm, meta, tensors)
+            out.clever.setdefault(name, []).append(res)
 
 
 def _splittable(attack: Attack) -> bool:

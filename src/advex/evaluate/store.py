@@ -14,6 +14,7 @@
   (float32, compressed — exact, so that a loaded result is the result that was computed);
 * ``entries`` and ``flags``: the plan entries and the sanity checks' flags, and which entries
   are complete;
+* ``extras``: other per-sample results of the run, such as CLEVER scores;
 * ``cross``: with several models, each model's predictions on every other model's adversarial
   points (the transfer matrices).
 
@@ -59,7 +60,9 @@ __all__ = [
     "StoreLockedError",
     "data_hash",
     "decode_tensor",
+    "decode_tensors",
     "encode_tensor",
+    "encode_tensors",
     "model_hash",
 ]
 
@@ -91,6 +94,9 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS cross (
     entry TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL, pred BLOB NOT NULL,
     PRIMARY KEY (entry, source, target));
+CREATE TABLE IF NOT EXISTS extras (
+    kind TEXT NOT NULL, model TEXT NOT NULL, name TEXT NOT NULL, meta TEXT NOT NULL,
+    tensors BLOB NOT NULL, PRIMARY KEY (kind, model, name));
 CREATE TABLE IF NOT EXISTS completed (
     model TEXT NOT NULL, entry TEXT NOT NULL, flags TEXT NOT NULL, PRIMARY KEY (model, entry));
 """
@@ -139,6 +145,20 @@ def decode_tensor(blob: bytes) -> Tensor:
     """The tensor ``encode_tensor`` saved (no pickle: loading runs no code)."""
     array = np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def encode_tensors(tensors: Mapping[str, Tensor]) -> bytes:
+    """Named tensors as compressed ``.npz`` bytes (exact)."""
+    buf = io.BytesIO()
+    arrays: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode_tensors(blob: bytes) -> dict[str, Tensor]:
+    """The tensors ``encode_tensors`` saved (no pickle)."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        return {k: torch.from_numpy(np.ascontiguousarray(npz[k])) for k in npz.files}
 
 
 def model_hash(module: torch.nn.Module) -> str:
@@ -547,6 +567,28 @@ class Store:
         """The flags of a complete (model, entry); None while it is not complete."""
         rows = self._read("SELECT flags FROM completed WHERE model=? AND entry=?", (model, entry))
         return json.loads(rows[0][0]) if rows else None
+
+    def put_extra(
+        self,
+        kind: str,
+        model: str,
+        name: str,
+        meta: Mapping[str, Any],
+        tensors: Mapping[str, Tensor],
+    ) -> None:
+        """An extra result (e.g. kind "clever", name the norm) of ``model``."""
+        with self._write(f"saving {kind} {name} of {model}") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO extras VALUES (?, ?, ?, ?, ?)",
+                (kind, model, name, json.dumps(dict(meta)), encode_tensors(tensors)),
+            )
+
+    def extras(self, kind: str) -> list[tuple[str, str, dict[str, Any], dict[str, Tensor]]]:
+        """Every extra result of ``kind``: (model, name, meta, tensors), in insertion order."""
+        rows = self._read(
+            "SELECT model, name, meta, tensors FROM extras WHERE kind=? ORDER BY rowid", (kind,)
+        )
+        return [(m, n, json.loads(meta), decode_tensors(blob)) for m, n, meta, blob in rows]
 
     def put_cross(self, entry: str, source: str, target: str, pred: Tensor) -> None:
         """``target``'s labels on the adversarial points ``source`` gave for ``entry``."""

@@ -20,7 +20,7 @@ from advex.evaluate.store import Store, StoreError
 from advex.result import AttackResult
 from advex.threat import ThreatModel
 
-__all__ = ["entry_key", "load_evaluation", "load_result", "save_batch"]
+__all__ = ["clever_from_store", "entry_key", "load_evaluation", "load_result", "save_batch"]
 
 
 def entry_key(entry: PlanEntry) -> str:
@@ -103,6 +103,13 @@ def _starts(parts: list[dict[str, Any]]) -> list[int]:
     return out
 
 
+def clever_from_store(meta: dict[str, Any], tensors: dict[str, Any]) -> Any:
+    """A ``CleverResult`` from its stored settings and tensors."""
+    from advex.evaluate.clever import CleverResult
+
+    return CleverResult(**tensors, **meta)
+
+
 def load_evaluation(store: Store) -> Any:
     """The ``EvaluationResult`` of the run in ``store``: its complete (model, entry) pairs."""
     from advex.evaluate.run import EvaluationResult, Record
@@ -136,6 +143,8 @@ def load_evaluation(store: Store) -> Any:
         batch_size=config["batch_size"],
         seconds=float(meta.get("seconds", 0.0)),
     )
+    for model, _, meta, tensors in store.extras("clever"):
+        out.clever.setdefault(model, []).append(clever_from_store(meta, tensors))
     for i, (key, _) in enumerate(keyed):
         for (source, target), pred in store.cross(key).items():
             out.cross_pred[i, source, target] = pred

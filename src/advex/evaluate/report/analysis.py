@@ -250,14 +250,15 @@ def check_certified(
 def check_clever(
     result: EvaluationResult, clever: Mapping[str, Any] | None
 ) -> dict[str, list[CleverResult]]:
-    """``clever`` (model → CleverResult or a list of them) checked against the run."""
+    """``clever`` (model → CleverResult or a list of them) checked against the run; a result
+    may cover only the first samples (CLEVER is costly), never more than the run has."""
     out: dict[str, list[CleverResult]] = {}
     n = int(result.y.shape[0])
     for model, value in (clever or {}).items():
         _check_model(result, model, "clever")
         items = _as_list(value, CleverResult, "clever", model)
         for c in items:
-            if len(c) != n:
+            if len(c) > n:
                 raise ValueError(f"clever: model {model!r} has {len(c)} scores for {n} samples")
         out[model] = items
     return out

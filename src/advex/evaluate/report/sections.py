@@ -497,7 +497,8 @@ def clever_section(result: EvaluationResult, clever: Mapping[str, list[CleverRes
         for c in items:
             scored = c.correct.cpu()
             scores = c.scores.detach().double().cpu()[scored]
-            upper = _upper_bounds(result, model, c.norm)[scored]
+            # the scores cover the first len(c) samples
+            upper = _upper_bounds(result, model, c.norm)[: len(c)][scored]
             found = torch.isfinite(upper)
             above = int((scores[found] > upper[found]).sum())
             rows.append(
