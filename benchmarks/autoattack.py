@@ -26,6 +26,7 @@ Run: ``make bench-autoattack`` (or ``python benchmarks/autoattack.py --help``).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -90,6 +91,50 @@ def robust_mask(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: str
     return (pred == y) | ~valid, valid
 
 
+def compare(  # type: ignore[no-untyped-def]
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    eps: float,
+    steps: int,
+    seed: int,
+    args,
+    peers,
+) -> dict[str, float]:
+    """One side-by-side run at one seed; prints its table and returns the figures."""
+    x_a, t_a, res, attack = run_advex(model, x, y, norm, eps, args.batch_size, seed, steps)
+    rob_a, val_a = robust_mask(model, x, y, x_a, norm, eps)
+    rows = [(f"advex standard (steps={steps})", rob_a, val_a, t_a)]
+    out = {"ra": float(rob_a.float().mean()), "ta": t_a}
+    if "torchattacks" in peers:
+        peer_steps = None if steps == 10 else steps
+        x_t, t_t = run_torchattacks(model, x, y, norm, eps, args.batch_size, seed, peer_steps)
+        rob_t, val_t = robust_mask(model, x, y, x_t, norm, eps)
+        label = "torchattacks AutoAttack" + (
+            " (as shipped)" if peer_steps is None else f" (steps={steps})"
+        )
+        rows.append((label, rob_t, val_t, t_t))
+        out |= {"rt": float(rob_t.float().mean()), "tt": t_t}
+    print(f"{'library':<38} {'robust acc':>10} {'invalid':>8} {'seconds':>9}")
+    for name, rob, val, t in rows:
+        print(f"{name:<38} {rob.float().mean():>10.2%} {int((~val).sum()):>8} {t:>9.1f}")
+    counts = res.broken_counts()
+    print("advex members (samples broken): " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if args.checks and steps == 100:
+        from advex.evaluate.checks import run_checks
+
+        for f in run_checks(model, x, y, attack, res, seed=seed):
+            print(f"  check {f.name}: {'FIRED' if f.fired else 'ok'} — {f.message}")
+    if len(rows) > 1:
+        only_t = (~rob_t & rob_a).nonzero().squeeze(1).tolist()
+        only_a = (~rob_a & rob_t).nonzero().squeeze(1).tolist()
+        print(f"broken by torchattacks only: {len(only_t)} {only_t[:20]}")
+        print(f"broken by advex only: {len(only_a)} {only_a[:20]}")
+        print(f"time advex/torchattacks: {t_a / t_t:.2f}×")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="mnist_cnn_pgd")
@@ -98,6 +143,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma list of seeds: run each (100-step comparison only) and judge the mean "
+        "robust accuracy and the total time (Square is a random search: one seed's count "
+        "moves by ~±0.5 %%)",
+    )
     p.add_argument("--checks", action="store_true", help="also run advex's sanity checks")
     p.add_argument(
         "--shipped",
@@ -115,54 +167,39 @@ def main() -> None:
     clean = predict(model, x) == y
     print(
         f"{args.model}, {len(y)} mnist5k test images (clean accuracy {clean.float().mean():.2%}), "
-        f"batch {args.batch_size}, {args.threads} threads, seed {args.seed}"
+        f"batch {args.batch_size}, {args.threads} threads"
     )
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     verdicts = []
     for norm in args.norms.split(","):
         eps = SETTINGS[norm]
         for steps in (100, 10) if args.shipped else (100,):
-            print(f"\n== {norm} ε={eps:g}, APGD/APGD-T/FAB-T {steps} steps, Square 5000 queries ==")
-            x_a, t_a, res, attack = run_advex(
-                model, x, y, norm, eps, args.batch_size, args.seed, steps
+            totals: dict[str, list[float]] = {"ra": [], "rt": [], "ta": [], "tt": []}
+            for seed in seeds if steps == 100 else [args.seed]:
+                print(
+                    f"\n== {norm} ε={eps:g}, APGD/APGD-T/FAB-T {steps} steps, Square 5000 "
+                    f"queries, seed {seed} =="
+                )
+                got = compare(model, x, y, norm, eps, steps, seed, args, peers)
+                for k, v in got.items():
+                    totals[k].append(v)
+            if not totals["rt"]:
+                continue
+            ra, rt = statistics.mean(totals["ra"]), statistics.mean(totals["rt"])
+            ratio = sum(totals["ta"]) / sum(totals["tt"])
+            over = f" (mean of {len(totals['ra'])} seeds)" if len(totals["ra"]) > 1 else ""
+            if len(totals["ra"]) > 1:
+                print(
+                    f"\n{norm} over seeds: advex "
+                    + ", ".join(f"{v:.2%}" for v in totals["ra"])
+                    + "; torchattacks "
+                    + ", ".join(f"{v:.2%}" for v in totals["rt"])
+                )
+            verdicts.append(
+                f"{norm} steps={steps}: robust acc {ra:.2%} vs {rt:.2%}{over} "
+                f"{'PASS' if ra <= rt else 'FAIL'} (≤ peer); time {ratio:.2f}× "
+                f"{'PASS' if ratio <= 0.8 else 'FAIL'} (≤ 0.8×)"
             )
-            rob_a, val_a = robust_mask(model, x, y, x_a, norm, eps)
-            rows = [(f"advex standard (steps={steps})", rob_a, val_a, t_a)]
-            if "torchattacks" in peers:
-                peer_steps = None if steps == 10 else steps
-                x_t, t_t = run_torchattacks(
-                    model, x, y, norm, eps, args.batch_size, args.seed, peer_steps
-                )
-                rob_t, val_t = robust_mask(model, x, y, x_t, norm, eps)
-                label = "torchattacks AutoAttack" + (
-                    " (as shipped)" if peer_steps is None else f" (steps={steps})"
-                )
-                rows.append((label, rob_t, val_t, t_t))
-            print(f"{'library':<38} {'robust acc':>10} {'invalid':>8} {'seconds':>9}")
-            for name, rob, val, t in rows:
-                print(f"{name:<38} {rob.float().mean():>10.2%} {int((~val).sum()):>8} {t:>9.1f}")
-            counts = res.broken_counts()
-            print(
-                "advex members (samples broken): "
-                + ", ".join(f"{k}={v}" for k, v in counts.items())
-            )
-            if args.checks and steps == 100:
-                from advex.evaluate.checks import run_checks
-
-                for f in run_checks(model, x, y, attack, res, seed=args.seed):
-                    print(f"  check {f.name}: {'FIRED' if f.fired else 'ok'} — {f.message}")
-            if len(rows) > 1:
-                only_t = (~rob_t & rob_a).nonzero().squeeze(1).tolist()
-                only_a = (~rob_a & rob_t).nonzero().squeeze(1).tolist()
-                print(f"broken by torchattacks only: {len(only_t)} {only_t[:20]}")
-                print(f"broken by advex only: {len(only_a)} {only_a[:20]}")
-                ra, rt = float(rob_a.float().mean()), float(rob_t.float().mean())
-                ratio = t_a / t_t
-                print(f"time advex/torchattacks: {ratio:.2f}×")
-                verdicts.append(
-                    f"{norm} steps={steps}: robust acc {ra:.2%} vs {rt:.2%} "
-                    f"{'PASS' if ra <= rt else 'FAIL'} (≤ peer); time {ratio:.2f}× "
-                    f"{'PASS' if ratio <= 0.8 else 'FAIL'} (≤ 0.8×)"
-                )
     if verdicts:
         print("\nverdicts")
         for v in verdicts:
