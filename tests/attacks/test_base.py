@@ -440,6 +440,7 @@ def test_params_and_repr() -> None:
 def test_catalogue() -> None:
     fixed = {"fgsm", "bim", "illc", "pgd", "fake_image", "apgd", "apgd-t", "square"}
     fixed |= {"standard", "fast", "substitute"}  # the ensembles; transfer from a substitute
+    fixed |= {"universal", "universal_sgd"}  # one perturbation fitted on the whole batch
     minimum_norm = {"deepfool", "cw_l2", "cw_linf", "cw_l0", "jsma", "lbfgs", "fmn", "ead"}
     minimum_norm |= {"fab", "fab-t", "hsja", "opt", "sign_opt", "zoo"}
     sparse = {"local_search", "one_pixel"}  # few pixels, eps (a pixel cap) optional
@@ -457,7 +458,8 @@ def test_catalogue() -> None:
         assert cls.name == name
         if name in metric:
             continue
-        assert cls.metric is None and cls.per_batch == (name != "substitute")
+        whole = {"substitute", "universal", "universal_sgd"}
+        assert cls.metric is None and cls.per_batch == (name not in whole)
         assert (cls.select == "distance") == (name in minimum_norm)
         assert issubclass(cls, MinNormAttack) == (
             name in minimum_norm - {"hsja", "opt", "sign_opt", "zoo"}

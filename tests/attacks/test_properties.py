@@ -43,6 +43,8 @@ from advex.attacks import (
     Square,
     StAdv,
     Substitute,
+    Universal,
+    UniversalSGD,
     fast,
 )
 from advex.attacks.base import Attack
@@ -81,6 +83,9 @@ NORMS = {
     "rotation_translation": ("linf", "l2"),
     "recoloradv": ("linf", "l2"),
     "patch": ("l0",),
+    # one perturbation fitted on the whole batch, then applied to it
+    "universal": ("linf", "l2", "l1"),
+    "universal_sgd": ("linf", "l2", "l1"),
 }
 #: Attacks measured by their own metric, run with eps=None only.
 METRIC = {"stadv": "flow", "rotation_translation": "rotation_translation"}
@@ -94,10 +99,12 @@ TARGETED |= {"fab-t": (False,), "square": (False, True), "fast": (False,)}
 TARGETED |= {a: (False, True) for a in ("hsja", "local_search", "one_pixel", "substitute")}
 TARGETED |= {"opt": (False, True), "sign_opt": (False, True), "zoo": (False, True)}
 TARGETED |= {a: (False, True) for a in ("stadv", "rotation_translation", "recoloradv")}
-TARGETED |= {"patch": (False,)}  # one target for a whole dataset: tests/attacks/test_patch.py
+# one target for a whole dataset: tests/attacks/test_{patch,universal}.py
+TARGETED |= {"patch": (False,), "universal": (False,), "universal_sgd": (False,)}
 # the others do not use the generator at all
 RANDOMIZED = {"pgd", "fake_image", "apgd", "apgd-t", "square", "fast", "hsja", "substitute"}
 RANDOMIZED |= {"local_search", "one_pixel", "opt", "sign_opt", "zoo", "patch"}
+RANDOMIZED |= {"universal", "universal_sgd"}  # the order of the fitting data
 
 MIN_NORM = {
     "deepfool",
@@ -202,6 +209,10 @@ def make(
         return RotationTranslation(threat, angles=5, shifts=3, seed=seed)
     if attack == "recoloradv":
         return ReColorAdv(threat, steps=10, seed=seed)
+    if attack == "universal":
+        return Universal(threat, max_passes=2, steps=3, batch_size=2, seed=seed)
+    if attack == "universal_sgd":
+        return UniversalSGD(threat, epochs=2, batch_size=2, seed=seed)
     if attack == "patch":
         return AdversarialPatch(threat, epochs=1, batch_size=8, scale=0.5, seed=seed)
     return FakeImage(threat, steps=5, seed=seed)

@@ -29,6 +29,7 @@ from advex.attacks.patch import AdversarialPatch, Patch
 from advex.attacks.pgd import BIM, ILLC, PGD
 from advex.attacks.rotation import RotationResult, RotationTranslation
 from advex.attacks.stadv import FlowResult, StAdv
+from advex.attacks.universal import Universal, UniversalPerturbation, UniversalSGD
 from advex.attacks.visualize import FakeImage
 
 __all__ = [
@@ -75,6 +76,9 @@ __all__ = [
     "Standard",
     "Substitute",
     "Tracker",
+    "Universal",
+    "UniversalPerturbation",
+    "UniversalSGD",
     "fast",
     "standard",
 ]
@@ -114,5 +118,7 @@ ATTACKS: dict[str, type[Attack]] = {
         RotationTranslation,
         ReColorAdv,
         AdversarialPatch,
+        Universal,
+        UniversalSGD,
     )
 }
