@@ -391,3 +391,20 @@ def test_clever_estimates_are_stored_and_reported(small, tmp_path: Path) -> None
     assert a.n_batches == b.n_batches and a.radius == b.radius
     html = render_report(loaded, clever=loaded.clever)
     assert 'id="clever"' in html and "CLEVER scores (estimate)" in html
+
+
+def test_a_run_killed_before_its_samples_were_saved_resumes(small, tmp_path: Path) -> None:
+    models, x, y = small
+    plan = grid_plan(["fgsm"], "linf", [0.1])
+    full = run_evaluation(models, x, y, plan, progress=False)
+    from advex.evaluate.run import environment, run_config
+    from advex.model import as_classifier
+
+    clfs = {k: as_classifier(m) for k, m in models.items()}
+    with Store(tmp_path) as store:  # the first transaction of a run, then the kill
+        store.start(run_config(clfs, x, y, plan, (0.0, 1.0), None, 0, 256), environment())
+    with Store(tmp_path) as store:
+        resumed = run_evaluation(models, x, y, plan, progress=False, store=store)
+    _same_records(full, resumed)
+    with Store(tmp_path, readonly=True) as store:
+        _same_records(full, load_evaluation(store))

@@ -166,11 +166,16 @@ class EvaluationResult:
 
 def environment() -> dict[str, Any]:
     """Versions, device and time: the metadata every results file carries."""
+    import numpy
+    import scipy
+
     import advex
 
     return {
         "advex_version": advex.__version__,
         "torch_version": torch.__version__,
+        "numpy_version": numpy.__version__,
+        "scipy_version": scipy.__version__,  # HiGHS (the MIP solver) ships inside SciPy
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
@@ -287,11 +292,11 @@ def run_evaluation(
     keys = [entry_key(e) for e in entries]
     if store is not None:
         config = run_config(clfs, x, y, entries, bounds, levels, seed, batch_size)
-        if store.start(config, environment()):
+        store.start(config, environment())
+        # each step below is idempotent: a run killed between them is completed on resume
+        if not store.has_inputs():
             store.put_inputs(x, y)
-            store.put_entries(
-                [(k, e.label, e.to_dict()) for k, e in zip(keys, entries, strict=True)]
-            )
+        store.put_entries([(k, e.label, e.to_dict()) for k, e in zip(keys, entries, strict=True)])
     clean_pred = {}
     for name, clf in clfs.items():
         stored = None if store is None else store.clean(name)

@@ -422,6 +422,9 @@ class Store:
                     (lo, hi, encode_tensor(x[lo:hi]), encode_tensor(y[lo:hi])),
                 )
 
+    def has_inputs(self) -> bool:
+        return bool(self._read("SELECT count(*) FROM inputs")[0][0])
+
     def inputs(self) -> tuple[Tensor, Tensor]:
         rows = self._read("SELECT x, y FROM inputs ORDER BY start")
         if not rows:
