@@ -635,15 +635,17 @@ def _print_rows(result: Any) -> None:
     """A compact text table of the results on stdout."""
     rows = result.rows()
     width = max([len("model"), *(len(r["model"]) for r in rows)])
+    aw = max([10, *(len(r["attack"]) for r in rows)])
     typer.echo(
-        f"{'model':<{width}}  {'attack':<10} {'norm':<5} {'eps':>7}  {'clean':>6}  "
+        f"{'model':<{width}}  {'attack':<{aw}} {'norm':<5} {'eps':>7}  {'clean':>6}  "
         f"{'robust':>6}  {'median':>8}  {'seconds':>7}"
     )
     for r in rows:
         typer.echo(
-            f"{r['model']:<{width}}  {r['attack']:<10} {r['norm']:<5} {_fmt_eps(r['eps']):>7}  "
-            f"{_fmt(r['clean_accuracy'], True):>6}  {_fmt(r['robust_accuracy'], True):>6}  "
-            f"{_fmt(r['median_distance']):>8}  {r['seconds']:>7.2f}"
+            f"{r['model']:<{width}}  {r['attack']:<{aw}} {r['norm']:<5} "
+            f"{_fmt_eps(r['eps']):>7}  {_fmt(r['clean_accuracy'], True):>6}  "
+            f"{_fmt(r['robust_accuracy'], True):>6}  {_fmt(r['median_distance']):>8}  "
+            f"{r['seconds']:>7.2f}"
         )
 
 
