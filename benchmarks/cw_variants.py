@@ -1,0 +1,71 @@
+"""C&W L2 settings against Foolbox on the PGD-trained CNN: where does the median distance go?
+
+On the first ``--n`` mnist5k test images of ``mnist_cnn_pgd``, 9 binary-search steps × ``--steps``
+Adam steps (learning rate 0.1, κ = 0, c₀ = 1e-3), this runs advex ``CWL2`` as shipped, with
+``reuse_budget=True`` and with ``abort_early=False``, and Foolbox's ``L2CarliniWagnerAttack``
+with the same settings; it prints success rate, median and mean ‖δ‖₂ and seconds (1 thread),
+and per variant the median per-sample ratio to Foolbox's distance.
+
+Run: ``python benchmarks/cw_variants.py --n 200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import minnorm as mn
+from advex import ThreatModel, data, zoo
+from advex.attacks import CWL2
+from common import predict
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y = data.load("mnist5k", split="test")
+    x, y = x[: args.n], y[: args.n]
+    model = zoo.load("mnist_cnn_pgd").module.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    mn.S.cw_steps = args.steps
+    ok = predict(model, x) == y
+    found: dict[str, torch.Tensor] = {}
+
+    def report(name: str, x_adv: torch.Tensor, seconds: float) -> None:
+        d = (x_adv - x).flatten(1).norm(dim=1)
+        s = (predict(model, x_adv) != y) & ok
+        found[name] = torch.where(s, d, torch.full_like(d, float("inf")))[ok]
+        print(
+            f"{name:<28} success {s[ok].float().mean():.4f}  median {d[s].median():.4f}  "
+            f"mean {d[s].mean():.4f}  {seconds:.1f} s",
+            flush=True,
+        )
+
+    variants = {
+        "advex": {},
+        "advex reuse_budget": {"reuse_budget": True},
+        "advex abort_early=False": {"abort_early": False},
+    }
+    for name, kw in variants.items():
+        start = time.perf_counter()
+        attack = CWL2(
+            ThreatModel("l2"), binary_search_steps=9, steps=args.steps, step_size=0.1, **kw
+        )
+        report(name, attack(model, x, y).x_adv, time.perf_counter() - start)
+    start = time.perf_counter()
+    report("foolbox", mn._foolbox(mn._fb_cw)(model, x, y, 500), time.perf_counter() - start)
+    for name in variants:
+        r = found[name] / found["foolbox"]
+        r = r[torch.isfinite(r)]
+        print(f"{name}: median per-sample ratio to Foolbox {float(r.median()):.4f}")
+
+
+if __name__ == "__main__":
+    main()
