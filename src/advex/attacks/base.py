@@ -26,6 +26,7 @@ An attack only writes its loop body (``_run``). Everything shared lives here:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
@@ -94,6 +95,9 @@ class Tracker:
         # 0 for the clean point); Lp attacks leave it unused
         self.best_measure = torch.zeros(b, device=dev, dtype=x.dtype)
         self.last_improved = torch.zeros(0, dtype=torch.bool, device=dev)
+        #: Per-sample parameters of each best point (B, ...), for attacks that return them
+        #: (a flow field, a colour function): set from ``Attack._extras``, kept by ``record``.
+        self.extras: dict[str, Tensor] = {}
         self._size = b
         self._inactive = torch.zeros_like(done) if active is None else ~active
         self.done = done | self._inactive
@@ -221,16 +225,23 @@ class Tracker:
             return valid
         return x_adv + (valid - x_adv).detach()
 
-    def forward(self, x_adv: Tensor, distance: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x_adv: Tensor,
+        distance: Tensor | None = None,
+        extras: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """Logits of the active rows at ``x_adv``; records the best point per sample.
 
         ``distance`` (n_active,), optional: the attack's own measure of each point (attacks
-        whose ``metric`` is not the threat's norm: a flow loss, a colour-function smoothness),
-        used instead of ‖x_adv − x‖ to rank successes."""
+        whose ``metric`` is not the threat's norm: a flow loss, a colour-function deviation),
+        used instead of ‖x_adv − x‖ to rank successes. ``extras``: the parameters behind each
+        point (name → (n_active, ...)), kept in ``self.extras`` for the points that become
+        their sample's best."""
         point = self._valid_view(x_adv)
         logits = self._evaluate(point)
         self.queries[self.rows] += 1
-        self.record(point.detach(), logits.detach(), distance=distance)
+        self.record(point.detach(), logits.detach(), distance=distance, extras=extras)
         return logits
 
     def value_and_grad(
@@ -312,12 +323,14 @@ class Tracker:
         logits: Tensor,
         at: Tensor | None = None,
         distance: Tensor | None = None,
+        extras: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Keep ``point`` for each active sample where it beats the best so far.
 
         ``at``: distinct positions among the active rows the points belong to (default: one
         point per active row, in order). ``distance``: the attack's own measure of each point
-        (see ``forward``); default ‖point − x‖ in the threat's norm. Returns the (n,) bool mask
+        and ``extras`` the parameters behind it (see ``forward``); default distance
+        ‖point − x‖ in the threat's norm. Returns the (n,) bool mask
         of the points that became their sample's best (also kept as ``last_improved``, so an
         attack can keep its own parameters of each best point after ``forward``)."""
         rows, x, y, target = self.rows, self.x, self.y, self.target
@@ -360,6 +373,9 @@ class Tracker:
             )
             self.best_score[idx] = score[better]
             self.best_measure[idx] = distance[better].to(self.best_measure.dtype)
+            for name, value in (extras or {}).items():
+                store = self.extras[name]
+                store[idx] = value.detach()[better].to(store.dtype)
         if self.early_stop and not (self.select == "distance" and self.threat.eps is None):
             self.done[rows] |= ok & success
         self.last_improved = better
@@ -404,6 +420,9 @@ class Attack(abc.ABC):
     #: slice of a call on all of it. False for attacks that first learn from the whole input
     #: (a universal perturbation, a substitute model): a results store runs them in one piece.
     per_batch: ClassVar[bool] = True
+    #: The result class: an ``AttackResult`` subclass whose extra per-sample fields are the
+    #: ``_extras`` the attack keeps for its best points (a flow field per sample, ...).
+    result_type: ClassVar[type[AttackResult]] = AttackResult
 
     def __init__(
         self,
@@ -518,10 +537,11 @@ class Attack(abc.ABC):
         generator = torch.Generator(device=x.device)
         generator.manual_seed(self.seed * 1_000_003 + index)
         run = self._tracker(clf, x, y, target, generator, active)
+        run.extras = self._extras(x)
         if run.n_active:
             self._run(run)
             self._refine(run)
-        return finalize(
+        result = finalize(
             clf,
             x,
             y,
@@ -541,6 +561,13 @@ class Attack(abc.ABC):
             distance=run.best_measure if self.metric else None,
             metric=self.metric,
         )
+        if self.result_type is AttackResult:
+            return result
+        fields: dict[str, Any] = {
+            f.name: getattr(result, f.name) for f in dataclasses.fields(AttackResult)
+        }
+        fields.update(run.extras)
+        return self.result_type(**fields)
 
     def _checked(
         self, clf: Any, x: Any, y: Any, target: Any
@@ -587,6 +614,12 @@ class Attack(abc.ABC):
             and not k.startswith("_")
             and isinstance(v, int | float | str | bool | None)
         }
+
+    def _extras(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-sample parameters the result carries (``result_type``'s extra fields), at their
+        "no change" value for the batch ``x``; the attack passes each point's parameters to
+        ``run.forward(..., extras=)`` and the tracker keeps those of the best points."""
+        return {}
 
     def _refine(self, run: Tracker) -> None:
         """After the attack's loop: nothing for fixed-budget attacks (see MinNormAttack)."""

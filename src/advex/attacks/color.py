@@ -78,7 +78,6 @@ Differences from the paper and its reference code:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -381,6 +380,7 @@ class ReColorAdv(Attack):
     """
 
     name: ClassVar[str] = "recoloradv"
+    result_type: ClassVar[type[AttackResult]] = ColorResult
     needs_eps: ClassVar[bool] = False
     select: ClassVar[Any] = "distance"
     metric: ClassVar[str | None] = "color"
@@ -431,8 +431,6 @@ class ReColorAdv(Attack):
         if not isinstance(random_start, bool):
             raise ValueError(f"random_start: expected a bool, got {random_start!r}")
         self.random_start = random_start
-        self._functions: list[Tensor] = []
-        self._batch_functions: Tensor | None = None
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -447,28 +445,18 @@ class ReColorAdv(Attack):
         step_size = self.step_size or eps / 30
         return grid, eps, monotone, step_size
 
-    # ----- the call: AttackResult + the functions ----------------------------------------------
-    def __call__(
-        self,
-        model: Any,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None = None,
-        *,
-        active: Tensor | None = None,
-        batch_offset: int = 0,
-    ) -> ColorResult:
-        """Attack as ``Attack.__call__``; the result carries the functions (``functions``)."""
-        if isinstance(x, Tensor):
-            self._check_shape(x)
-        self._functions = []
-        try:
-            res = super().__call__(model, x, y, target, active=active, batch_offset=batch_offset)
-            functions = torch.cat(self._functions) if self._functions else None
-        finally:
-            self._functions = []
-        fields = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
-        return ColorResult(**fields, functions=functions)
+    # ----- the result carries the functions ---------------------------------------------------
+    def _checked(
+        self, clf: Any, x: Any, y: Any, target: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        x, y, target = super()._checked(clf, x, y, target)
+        self._check_shape(x)
+        return x, y, target
+
+    def _extras(self, x: Tensor) -> dict[str, Tensor]:
+        c = _as_images(x).shape[1]
+        grid = self.settings(c)[0]
+        return {"functions": x.new_zeros(x.shape[0], c, *([grid] * c))}
 
     def _check_shape(self, x: Tensor) -> None:
         if x.ndim < 2:
@@ -483,27 +471,8 @@ class ReColorAdv(Attack):
                 f"{_MAX_GRID_POINTS} are allowed (pass a smaller grid)"
             )
 
-    def _run_batch(
-        self,
-        clf: Any,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        index: int,
-        active: Tensor | None = None,
-    ) -> AttackResult:
-        c = _as_images(x).shape[1]
-        grid = self.settings(c)[0]
-        self._batch_functions = x.new_zeros(x.shape[0], c, *([grid] * c))
-        res = super()._run_batch(clf, x, y, target, index, active)
-        self._functions.append(self._batch_functions)
-        self._batch_functions = None
-        return res
-
     # ----- the optimization ---------------------------------------------------------------------
     def _run(self, run: Tracker) -> None:
-        best = self._batch_functions
-        assert best is not None
         shape = tuple(run.x.shape)
         images = _as_images(run.x)
         c = images.shape[1]
@@ -521,10 +490,7 @@ class ReColorAdv(Attack):
             with torch.set_grad_enabled(grad):
                 x_adv = run.x + _change(images, delta, lookup, self).reshape(shape)
                 deviation = delta.detach().abs().flatten(1).amax(dim=1)
-                logits = run.forward(x_adv, distance=deviation)
-                improved = run.last_improved
-                if bool(improved.any()):
-                    best[run.rows[improved]] = delta.detach()[improved]
+                logits = run.forward(x_adv, distance=deviation, extras={"functions": delta})
                 if not grad:
                     return logits.detach(), None
                 adv = margin(logits, run.y, run.labels_target, kappa=self.kappa)

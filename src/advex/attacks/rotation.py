@@ -146,7 +146,7 @@ class RotationTranslation(TransformAttack):
         carries each point's angle and shift."""
         return cast(RotationResult, super().__call__(model, x, y, target, **options))
 
-    def _empty(self, x: Tensor) -> dict[str, Tensor]:
+    def _extras(self, x: Tensor) -> dict[str, Tensor]:
         b = x.shape[0]
         return {"angle": x.new_zeros(b), "shift": x.new_zeros(b, 2)}
 
@@ -226,12 +226,8 @@ class RotationTranslation(TransformAttack):
             logits = run.clf(points)
         run.queries[run.rows] += g
         run.step_count[run.rows] += g
-        angle, shift = self._params["angle"], self._params["shift"]
         for j in range(g):
             part = slice(j * n, (j + 1) * n)
             size = sizes[:, j].to(x.dtype)
-            improved = run.record(points[part], logits[part], distance=size)
-            if bool(improved.any()):
-                rows = run.rows[improved]
-                angle[rows] = params[improved, j, 0].to(angle.dtype)
-                shift[rows] = params[improved, j, 1:].to(shift.dtype)
+            extras = {"angle": params[:, j, 0], "shift": params[:, j, 1:]}
+            run.record(points[part], logits[part], distance=size, extras=extras)

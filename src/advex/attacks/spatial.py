@@ -25,7 +25,6 @@ arXiv:1801.02612
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, ClassVar, Literal
 
@@ -33,7 +32,6 @@ import torch
 from torch import Tensor
 
 from advex.attacks.base import Attack
-from advex.result import AttackResult
 from advex.threat import ThreatModel
 
 __all__ = ["PADDINGS", "Padding", "TransformAttack", "flow_loss", "rigid_flow", "warp"]
@@ -178,17 +176,15 @@ class TransformAttack(Attack):
     points, the parameters of each returned point's transformation.
 
     Subclasses set ``result_type`` (an ``AttackResult`` dataclass with extra per-sample tensor
-    fields) and implement ``_empty(x)`` — the parameters of "no transformation" for a batch,
-    a dict of tensors (B, ...) — which their ``_run`` fills in place (``self._params``) for the
-    samples whose best point changes (``Tracker.last_improved``). The threat model has
-    ``eps=None``: its norm only labels the image change; ``distance`` is the attack's own measure
-    (``metric``).
+    fields), ``_extras(x)`` (those parameters at "no transformation" for a batch) and pass each
+    point's parameters to ``run.forward``/``run.record`` (``extras=``): the tracker keeps those
+    of the best points (see ``Attack._extras``). The threat model has ``eps=None``: its norm only
+    labels the image change; ``distance`` is the attack's own measure (``metric``).
     """
 
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     needs_eps: ClassVar[bool] = False
     select: ClassVar[Any] = "distance"
-    result_type: ClassVar[type[AttackResult]] = AttackResult
 
     def __init__(
         self,
@@ -204,46 +200,11 @@ class TransformAttack(Attack):
                 f"threat.eps: {self.name} transforms the image and has no Lp budget; use "
                 f"eps=None (got eps={threat.eps!r})"
             )
-        self._parts: list[dict[str, Tensor]] = []
-        self._params: dict[str, Tensor] = {}
 
-    def _empty(self, x: Tensor) -> dict[str, Tensor]:
-        """The parameters of the identity transformation for each sample of the batch x."""
-        raise NotImplementedError
-
-    def __call__(
-        self,
-        model: Any,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None = None,
-        **options: Any,
-    ) -> AttackResult:
-        """Attack as ``Attack.__call__`` (``options``: its keyword arguments); the result
-        (``result_type``) also carries each returned point's transformation."""
-        self._parts = []
-        try:
-            res = super().__call__(model, x, y, target, **options)
-            extra: dict[str, Any] = {
-                k: torch.cat([p[k] for p in self._parts]) for k in self._parts[0]
-            }
-        finally:
-            self._parts, self._params = [], {}
-        fields = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
-        return self.result_type(**fields, **extra)
-
-    def _run_batch(
-        self,
-        clf: Any,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        index: int,
-        active: Tensor | None = None,
-    ) -> AttackResult:
+    def _checked(
+        self, clf: Any, x: Any, y: Any, target: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        x, y, target = super()._checked(clf, x, y, target)
         if x.ndim != 4:
             raise ValueError(f"x: {self.name} needs images (B, C, H, W), got {tuple(x.shape)}")
-        self._params = self._empty(x)
-        res = super()._run_batch(clf, x, y, target, index, active)
-        self._parts.append(self._params)
-        return res
+        return x, y, target

@@ -143,22 +143,19 @@ class StAdv(TransformAttack):
         carries the flows (``FlowResult.flow``)."""
         return cast(FlowResult, super().__call__(model, x, y, target, **options))
 
-    def _empty(self, x: Tensor) -> dict[str, Tensor]:
+    def _extras(self, x: Tensor) -> dict[str, Tensor]:
         b, _, h, w = x.shape
         return {"flow": x.new_zeros(b, 2, h, w)}
 
     # ----- the optimization -------------------------------------------------------------------
-    def _objective(self, run: Tracker, flow: Tensor, best: Tensor, tau: Tensor | float) -> Tensor:
+    def _objective(self, run: Tracker, flow: Tensor, tau: Tensor | float) -> Tensor:
         """The gradient of the per-sample objective L_adv + τ·L_flow at ``flow`` (one forward
-        + backward, recorded); keeps in ``best`` the flow of each point that became its
-        sample's best."""
+        + backward, recorded with its flow loss and its flow)."""
         flow = flow.detach().requires_grad_(True)
         with torch.enable_grad():
             smooth = flow_loss(flow, self.flow_eps)
-            logits = run.forward(warp(run.x, flow, padding=self.padding), distance=smooth)
-            improved = run.last_improved
-            if bool(improved.any()):
-                best[run.rows[improved]] = flow.detach()[improved]
+            point = warp(run.x, flow, padding=self.padding)
+            logits = run.forward(point, distance=smooth, extras={"flow": flow})
             adv = -margin(logits, run.y, run.labels_target, kappa=self.kappa)
             values = adv + tau * smooth
             (grad,) = torch.autograd.grad(values.sum(), flow)
@@ -167,14 +164,13 @@ class StAdv(TransformAttack):
         return grad
 
     def _run(self, run: Tracker) -> None:
-        best = self._params["flow"]  # the flow of each sample's best point, filled in place
-        flow = run.x.new_zeros(run.n_active, *best.shape[1:])
+        flow = run.x.new_zeros(run.n_active, 2, *run.x.shape[2:])
         tau = torch.full((run.n_active,), self.tau, device=flow.device, dtype=flow.dtype)
         adam = Adam(self.lr)
         every = max(self.steps // 10, 1)
         for i in run.steps(self.steps):
             if self.adapt and i and i % every == 0:
                 tau = torch.where(run.best_success[run.rows], tau, tau / 2)
-            grad = self._objective(run, flow, best, tau)
+            grad = self._objective(run, flow, tau)
             adam.lr = self.lr * 0.5 * (1 + math.cos(math.pi * i / self.steps))
             flow = adam.step(flow, grad)

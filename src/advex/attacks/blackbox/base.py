@@ -122,7 +122,8 @@ class QueryTracker(Tracker):
             self.done[self.rows[spent]] = True
 
     # ----- queries ---------------------------------------------------------------------------
-    def forward(self, x_adv: Tensor, owner: Tensor | None = None) -> Tensor:
+    # the oracle's points carry an owner each (many points per sample), not a distance
+    def forward(self, x_adv: Tensor, owner: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """Query the oracle at ``x_adv`` (n, ...); returns scores (n, K) or labels (n,).
 
         ``owner`` (n,) long: the position among the active rows each point belongs to (default:
