@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 THREADS ?= 2
 
-.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack bench-blackbox bench-universal bench-store clean
+.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack bench-blackbox bench-universal bench-store bench-certify clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,14 @@ bench-store: $(VENV)/.base
 
 bench-universal: $(VENV)/.bench
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/universal.py --threads $(THREADS)
+
+# Certification needs the verify extra (HiGHS); no peer library is involved.
+$(VENV)/.verify: $(VENV)/.base
+	$(PIP) -e ".[verify]"
+	touch $@
+
+bench-certify: $(VENV)/.verify
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/certify.py
 
 bench-blackbox: $(VENV)/.bench
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/blackbox.py --threads $(THREADS)

@@ -4,6 +4,7 @@
     advex report     the HTML report of a run, regenerated from its store
     advex export     a run's per-sample table as CSV or JSON
     advex attack     one attack on one model → a one-line summary (and an .npz with --out)
+    advex certify    certified accuracy per radius (bounds, MILP, smoothing); VNN-LIB properties
     advex zoo list   the shipped models
     advex attacks list   the attack catalogue
 
@@ -339,6 +340,17 @@ def evaluate(
             "(an estimate, never a certificate; about a second per sample and class).",
         ),
     ] = 0,
+    certify: Annotated[
+        str | None,
+        typer.Option(
+            help="Also certify each sample: a certified lower bound on its minimal adversarial "
+            "distance beside the best attack's (mip: exact MILP; ibp, crown, lp, progressive: "
+            "bounds). Needs the verify extra for mip.",
+        ),
+    ] = None,
+    certify_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds per sample for --certify mip.")
+    ] = 10.0,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -381,6 +393,8 @@ def evaluate(
         "seed": seed,
         "batch_size": batch_size,
         "clever": clever,
+        "certify": certify,
+        "certify_timeout": certify_timeout,
     }
     if resume is not None:
         settings = _resumed_settings(resume, settings)
@@ -396,6 +410,10 @@ def evaluate(
         plan = build_plan(settings["attacks"], settings["norm"], settings["eps"], settings["steps"])
     except ValueError as err:
         _fail(_message(err))
+    from advex.evaluate.certified import CERTIFY_CHOICES, certify_evaluation
+
+    if settings.get("certify") not in (None, *CERTIFY_CHOICES):
+        _fail(f"--certify: expected one of {', '.join(CERTIFY_CHOICES)}, got {certify!r}")
     dev = _device(device)
     specs = [_resolve(s) for s in _split_list(settings["model"]) or DEFAULT_MODELS]
     data_spec = settings["data"] or _zoo_dataset(specs) or DEFAULT_DATA
@@ -454,10 +472,28 @@ def evaluate(
                 store=store,
                 clever_samples=settings["clever"],
             )
+            certified = None
+            if settings.get("certify"):
+                typer.echo(f"certifying by {settings['certify']}", err=True)
+                try:
+                    certified = certify_evaluation(
+                        result,
+                        models,
+                        settings["certify"],
+                        store=store,
+                        time_limit=float(settings.get("certify_timeout") or 10.0),
+                        seed=seed,
+                    )
+                except ImportError as err:
+                    _fail(f"--certify: {err} (install the extra: pip install 'advex[verify]')")
             stored_meta = store.meta()
     except StoreError as err:
         _fail(_message(err))
     metadata = stored_meta.get("metadata", metadata)
+    if certified:
+        from advex.evaluate.certified import certified_rows
+
+        metadata = {**metadata, "certified": certified_rows(result, certified)}
     results_path = write_results(result, out / "results.json", metadata)
     report_path = write_report(
         result,
@@ -468,6 +504,7 @@ def evaluate(
         models=models,
         transfer=_report_transfer(result),
         clever=result.clever or None,
+        certified=certified or None,
     )
     _print_rows(result)
     _print_flags(result)
@@ -568,12 +605,14 @@ def report(
     """Regenerate the HTML report of a run from its results store alone (the models are
     loaded again only for the example images' confidences, when their weights still match)."""
     from advex.evaluate import write_report
+    from advex.evaluate.certified import load_certified
     from advex.evaluate.store import Store, StoreError
     from advex.evaluate.stored import load_evaluation
 
     try:
         with Store(folder, readonly=True) as store:
             result = load_evaluation(store)
+            certified = load_certified(store, result)
             stored = store.meta()
     except StoreError as err:
         _fail(_message(err))
@@ -588,6 +627,7 @@ def report(
             models=_stored_models(stored),
             transfer=_report_transfer(result),
             clever=result.clever or None,
+            certified=certified or None,
         )
     except OSError as err:
         _fail(f"--output {target}: cannot write the report: {err.strerror or err}")
@@ -818,6 +858,163 @@ def attack(
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, **arrays)
         typer.echo(f"wrote {out}")
+
+
+# ----- advex certify ---------------------------------------------------------------------------
+
+
+@app.command()
+def certify(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="zoo:NAME or a weights file (with --arch).")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture of a weights file given to --model.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Bundled dataset name, .npz file or image folder. [default: the model's]"
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a bundled dataset.")] = "test",
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=1, help="Certify the first N samples. [default: 1000]"),
+    ] = None,
+    norm: Annotated[str, typer.Option(help="linf, l1 or l2 (smoothing: l2).")] = "linf",
+    eps: Annotated[
+        str | None, typer.Option(help="Comma list of radii, e.g. 0.01,0.02,0.05.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="ibp, crown, lp, progressive, mip or smoothing.")
+    ] = "mip",
+    timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds per sample (mip) or per property (--vnnlib).")
+    ] = 60.0,
+    sigma: Annotated[float, typer.Option(help="Noise level of randomized smoothing.")] = 0.25,
+    samples: Annotated[
+        int, typer.Option(min=1, help="Noise draws for smoothing's estimate (n).")
+    ] = 10_000,
+    alpha: Annotated[float, typer.Option(help="Failure probability of smoothing.")] = 0.001,
+    seed: SeedOption = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder: samples.jsonl (as samples are decided), certify.json."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    onnx: Annotated[
+        Path | None, typer.Option(help="An ONNX network to verify against --vnnlib.")
+    ] = None,
+    vnnlib: Annotated[
+        Path | None, typer.Option(help="A VNN-LIB property file (with --onnx).")
+    ] = None,
+    result: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the VNN-COMP result (sat + counterexample, unsat, ...)."),
+    ] = None,
+) -> None:
+    """Certify robustness: certified accuracy per radius with per-sample status (robust, not
+    robust, unknown), or answer a VNN-LIB property on an ONNX network (sat/unsat/unknown)."""
+    if onnx is not None or vnnlib is not None:
+        if onnx is None or vnnlib is None:
+            _fail("--onnx and --vnnlib go together")
+        _certify_vnnlib(onnx, vnnlib, timeout, result)
+        return
+    from advex.certify.runner import CERTIFY_METHODS, certify_dataset
+
+    if method not in CERTIFY_METHODS:
+        _fail(f"--method: expected one of {', '.join(CERTIFY_METHODS)}, got {method!r}")
+    norm_name = _norm(norm)
+    if eps is None:
+        _fail("--eps: give the radii to certify, e.g. --eps 0.01,0.02")
+    try:
+        radii = [e for e in parse_eps(eps) if e is not None]
+    except ValueError as err:
+        _fail(f"--eps: {_message(err)}")
+    specs = [_resolve(model or "zoo:mnist_mlp")]
+    models, _ = _load_models(specs, _split_list([arch] if arch else None), "cpu")
+    ((name, clf),) = models.items()
+    data_spec = data or _zoo_dataset(specs) or DEFAULT_DATA
+    x, y = _load_data(data_spec, split, n)
+    folder = out or Path("runs") / f"certify-{name}-{method}"
+    typer.echo(
+        f"certifying {name} on {len(y)} samples of {data_spec} ({split}) by {method}, "
+        f"{norm_name} radii {', '.join(f'{e:g}' for e in radii)}",
+        err=True,
+    )
+    started = time.perf_counter()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(radii) * len(y), unit="sample", disable=None, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        run = certify_dataset(
+            clf,
+            x,
+            y,
+            radii,
+            norm=norm_name,
+            method=method,
+            out=folder,
+            resume=resume,
+            time_limit=timeout,
+            sigma=sigma,
+            n=samples,
+            alpha=alpha,
+            seed=seed,
+            progress=progress,
+        )
+    except ImportError as err:
+        _fail(f"--method {method}: {err} (install the extra: pip install 'advex[verify]')")
+    except _USER_ERRORS as err:
+        msg = _message(err)
+        _fail(f"--{msg}" if msg.split(":")[0] in ("out", "eps", "norm", "method") else msg)
+    finally:
+        bar.close()
+    summary = run.summary()
+    doc = {
+        "command": shlex.join(["advex", *sys.argv[1:]]),
+        "model": name,
+        "data": data_spec,
+        "split": split,
+        "method": method,
+        "norm": norm_name,
+        "timeout": timeout,
+        "seconds": time.perf_counter() - started,
+        "summary": summary,
+    }
+    (folder / "certify.json").write_text(json.dumps(doc, indent=2) + "\n")
+    typer.echo(
+        f"{'eps':>8}  {'clean':>6}  {'certified':>9}  {'attack':>6}  {'decided':>7}  "
+        f"{'unknown':>7}  {'disagree':>8}  {'median s':>8}"
+    )
+    for row in summary:
+        typer.echo(
+            f"{row['eps']:>8g}  {_fmt(row['clean_accuracy'], True):>6}  "
+            f"{_fmt(row['certified_accuracy'], True):>9}  {_fmt(row['attack_accuracy'], True):>6}  "
+            f"{_fmt(row['decided'], True):>7}  {row['unknown']:>7}  {row['disagreements']:>8}  "
+            f"{row['median_seconds']:>8.3f}"
+        )
+    typer.echo(f"wrote {folder / 'certify.json'} and {folder / 'samples.jsonl'}")
+    if any(row["disagreements"] for row in summary):
+        _fail("a certified sample was broken by an attack: a bug in advex; please report it")
+
+
+def _certify_vnnlib(onnx_path: Path, prop_path: Path, timeout: float, result: Path | None) -> None:
+    """Answer a VNN-LIB property on an ONNX network; print sat/unsat/unknown."""
+    from advex.certify.vnncomp import solve_vnnlib
+
+    try:
+        answer = solve_vnnlib(onnx_path, prop_path, timeout=timeout, result=result)
+    except ImportError as err:
+        _fail(f"--onnx: {err} (install the extra: pip install 'advex[verify]')")
+    except _USER_ERRORS as err:
+        _fail(_message(err))
+    typer.echo(answer)
 
 
 # ----- advex zoo list / advex attacks list -----------------------------------------------------

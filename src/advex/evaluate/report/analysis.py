@@ -58,11 +58,14 @@ class CertifiedBounds:
         lower: (B,) per sample, for the evaluated samples in order: no adversarial example
             exists at a distance < ``lower[i]`` from x_i. 0 (or NaN) where nothing is certified.
         method: the certifier's name, shown in the report (e.g. "ibp", "crown", "mip").
+        upper: (B,) or None: the distance of a re-checked adversarial example the certifier
+            found itself (the exact MILP does), ∞ where it found none.
     """
 
     norm: str
     lower: Tensor
     method: str = "certified"
+    upper: Tensor | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm))
@@ -72,6 +75,11 @@ class CertifiedBounds:
         if bool((lower < 0).any()):
             raise ValueError("lower: certified lower bounds must be >= 0 (or NaN)")
         object.__setattr__(self, "lower", lower)
+        if self.upper is not None:
+            upper = torch.as_tensor(self.upper).detach().double().cpu().reshape(-1)
+            if upper.shape != lower.shape:
+                raise ValueError(f"upper: expected shape {tuple(lower.shape)}")
+            object.__setattr__(self, "upper", upper)
 
     def bounds(self) -> Tensor:
         """``lower`` with NaN (not certified) as 0."""
