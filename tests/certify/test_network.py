@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from certify_nets import randomize_batchnorm
 from torch import nn
 
 from advex import zoo
 from advex.certify.network import (
+    Affine,
     Conv,
     Dense,
     MaxPool,
@@ -20,21 +22,9 @@ from advex.certify.network import (
 from advex.model import Classifier
 
 
-def _randomize_batchnorm(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(5)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
-
-
 def _everything() -> nn.Module:
     torch.manual_seed(0)
-    return _randomize_batchnorm(
+    return randomize_batchnorm(
         nn.Sequential(
             nn.Conv2d(2, 4, 3, padding=1, stride=2),
             nn.BatchNorm2d(4),
@@ -93,14 +83,13 @@ def test_normalization_is_folded_into_a_dense_or_unpadded_conv_layer() -> None:
             assert torch.allclose(net(x), clf.double()(x.double()), atol=1e-12)
 
 
-@pytest.mark.parametrize("index", range(10))
+# The affine layers of _everything() with its normalization (layer list in the test above):
+# Scale, Conv (BatchNorm folded in), Conv (average pooling), grouped Conv, Dense, Dense.
+@pytest.mark.parametrize("index", [0, 1, 3, 4, 7, 9])
 def test_matrix_and_backward_agree_with_forward(index: int) -> None:
-    net = Network.from_module(
-        Classifier(_everything(), mean=[0.3, 0.5], std=[0.2, 0.4]), (2, 13, 13)
-    )
-    layer = net.layers[index]
-    if not hasattr(layer, "matrix"):
-        pytest.skip("not an affine layer")
+    clf = Classifier(_everything(), mean=[0.3, 0.5], std=[0.2, 0.4])
+    layer = Network.from_module(clf, (2, 13, 13)).layers[index]
+    assert isinstance(layer, Affine)
     g = torch.Generator().manual_seed(index)
     a = torch.tensor(layer.matrix().toarray())
     v = torch.randn(3, layer.in_size, generator=g, dtype=torch.float64)

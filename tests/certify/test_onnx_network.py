@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from certify_nets import randomize_batchnorm
 from torch import Tensor, nn
 
 onnx = pytest.importorskip("onnx")
@@ -70,18 +71,6 @@ def _ops(model: bytes) -> list[str]:
     return [n.op_type for n in onnx.load_from_string(model).graph.node]
 
 
-def _randomize_batchnorm(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(5)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
-
-
 class _Normalized(nn.Module):
     """(x − μ)/σ before the model: exported as Sub and Div nodes with constants."""
 
@@ -133,11 +122,11 @@ def _models() -> dict[str, tuple[nn.Module, tuple[int, ...], list[str]]]:
     return {
         "mlp": (mlp, (1, 8, 8), ["Flatten", "Gemm", "Relu"]),
         "cnn": (
-            _randomize_batchnorm(cnn),
+            randomize_batchnorm(cnn),
             (2, 8, 8),
             ["Conv", "BatchNormalization", "MaxPool", "AveragePool"],
         ),
-        "bn1d": (_randomize_batchnorm(bn1d), (5,), ["BatchNormalization"]),
+        "bn1d": (randomize_batchnorm(bn1d), (5,), ["BatchNormalization"]),
         "normalized": (normalized.eval(), (3, 6, 6), ["Sub", "Div", "Conv"]),
         "view": (_View().eval(), (1, 7, 7), ["Concat", "Reshape"]),
     }

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advex.norms import lp_norm, project_ball
+
 __all__ = ["NORMS", "InputDomain"]
 
 NORMS = ("linf", "l2", "l1")
@@ -76,16 +78,17 @@ class InputDomain:
     def contains(self, x: Tensor, tol: float = 1e-9) -> Tensor:
         """Whether each row of ``x`` (B, ...) lies in D (within ``tol``): a (B,) bool tensor."""
         v = x.reshape(x.shape[0], -1).to(torch.float64).cpu()
-        d = v - self.center
-        if self.norm == "linf":
-            size = d.abs().amax(dim=1)
-        elif self.norm == "l2":
-            size = d.norm(dim=1)
-        else:
-            size = d.abs().sum(dim=1)
+        size = lp_norm(v - self.center, self.norm)
         lo, hi = self.bounds
         inside = (v >= lo - tol).all(dim=1) & (v <= hi + tol).all(dim=1)
         return inside & (size <= self.eps + tol)
+
+    def project(self, v: Tensor) -> Tensor:
+        """Rows ``v`` (B, n) moved to their nearest points of D (Euclidean projection onto the
+        ball ∩ box, ``advex.norms.project_ball``)."""
+        v = v.reshape(v.shape[0], -1).to(torch.float64)
+        delta = project_ball(v - self.center, self.center, self.norm, self.eps, self.bounds)
+        return self.center + delta
 
     def minimize(self, a: Tensor) -> Tensor:
         """min_{x ∈ D} a·x for rows a (B, K, n) → (B, K): exact for L∞ and L1, a sound lower

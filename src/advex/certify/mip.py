@@ -90,6 +90,7 @@ from advex.certify.milp_encoding import (
 )
 from advex.certify.network import Dense, Network, Scale
 from advex.certify.spec import Halfspaces, Property, misclassification
+from advex.norms import lp_norm
 
 __all__ = [
     "SAFETY",
@@ -780,42 +781,6 @@ def _inputs(x: Any, y: Any, bounds: tuple[float, float]) -> tuple[Tensor, Tensor
     return x.detach().cpu(), y.detach().cpu()
 
 
-def _projector(
-    center: Tensor, eps: float, norm: str, box: tuple[Tensor, Tensor]
-) -> Callable[[Tensor], Tensor]:
-    """Rows (B, n) ↦ a point of the domain near them: clipped into the box, and for L1 moved
-    onto the ball (``_project_l1_box``)."""
-    lo, hi = box
-
-    def project(v: Tensor) -> Tensor:
-        v = torch.minimum(torch.maximum(v, lo), hi)
-        return _project_l1_box(v, center, eps, lo, hi) if norm == "l1" else v
-
-    return project
-
-
-def _project_l1_box(v: Tensor, center: Tensor, eps: float, lo: Tensor, hi: Tensor) -> Tensor:
-    """Rows of v (already in [lo, hi]) moved onto {‖x − c‖₁ ≤ ε} ∩ [lo, hi]: soft-threshold
-    δ = v − c by the λ ≥ 0 with Σ max(|δ_i| − λ, 0) = ε (bisection), which stays in the box."""
-    delta = v - center
-    size = delta.abs().sum(dim=1)
-    out = v.clone()
-    over = size > eps
-    if not bool(over.any()):
-        return out
-    d = delta[over]
-    low = torch.zeros(d.shape[0], dtype=d.dtype)
-    high = d.abs().amax(dim=1)
-    for _ in range(60):
-        mid = (low + high) / 2
-        s = (d.abs() - mid[:, None]).clamp_min(0).sum(dim=1)
-        low = torch.where(s > eps, mid, low)
-        high = torch.where(s > eps, high, mid)
-    shrunk = d.sign() * (d.abs() - high[:, None]).clamp_min(0)
-    out[over] = torch.minimum(torch.maximum(center + shrunk, lo), hi)
-    return out
-
-
 # ----------------------------------------------------------------------------- verify
 
 
@@ -895,8 +860,7 @@ def verify(
             candidates = _pgd(target, x, y, eps, norm, box, seed, todo)
             for i in torch.nonzero(todo).flatten().tolist():
                 dom = InputDomain.ball(flat[i : i + 1], eps, norm, box)
-                proj = _projector(dom.center, eps, norm, dom.box())
-                cand = proj(candidates[i : i + 1])
+                cand = dom.project(candidates[i : i + 1])
                 broken, margin = target.misclassified(cand, y[i : i + 1])
                 if bool(broken[0]) and bool(dom.contains(cand, tol=1e-9)[0]):
                     status[i], decided[i] = "not robust", "falsifier"
@@ -980,7 +944,7 @@ def _verify_problem(
         _add_l1_budget(builder, cols.inputs, dom, eps)
     centre = cols.assign(dom.center, builder.num_col)
     centre[np.isnan(centre)] = 0.0  # the L1 columns t = |x₀ − x₀|
-    project = _projector(dom.center, eps, norm, dom.box())
+    project = dom.project
     y = torch.tensor([label])
 
     def accept(x: Tensor) -> bool:
@@ -1261,19 +1225,10 @@ def _check_upper(upper: Any, n: int) -> Tensor | None:
     return t
 
 
-def _distance(delta: Tensor, norm: str) -> Tensor:
-    """‖δ‖ per row (B, n)."""
-    if norm == "linf":
-        return delta.abs().amax(dim=1)
-    if norm == "l1":
-        return delta.abs().sum(dim=1)
-    return delta.norm(dim=1)
-
-
 def _box_radius(flat: Tensor, norm: str, box: tuple[float, float]) -> Tensor:
     """The largest distance from each row to a point of the box."""
     far = torch.maximum(flat - box[0], box[1] - flat)
-    return _distance(far, norm)
+    return lp_norm(far, norm)
 
 
 def _fmn(
@@ -1317,7 +1272,7 @@ def _push_out(
     if hits.numel() == 0:
         return None
     v = cands[int(hits[0])]
-    return v, _distance((v - x0)[None], norm)[0]
+    return v, lp_norm((v - x0)[None], norm)[0]
 
 
 class _DistanceSearch:

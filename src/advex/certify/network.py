@@ -20,6 +20,7 @@ and consecutive Dense/Scale layers are merged. Anything else raises naming the l
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,7 @@ def _size(shape: Shape) -> int:
     return int(np.prod(shape)) if shape else 1
 
 
-class Layer:
+class Layer(ABC):
     """A layer mapping flattened vectors (B, in_size) to (B, out_size)."""
 
     in_shape: Shape
@@ -68,8 +69,9 @@ class Layer:
     def out_size(self) -> int:
         return _size(self.out_shape)
 
-    def forward(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, v: Tensor) -> Tensor:
+        """The layer's output for rows v (B, in_size)."""
 
 
 class Affine(Layer):
@@ -77,24 +79,24 @@ class Affine(Layer):
 
     bias: Tensor  # (out_size,) float64
 
-    def apply(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def apply(self, v: Tensor) -> Tensor:
         """A·v for rows v (B, in_size)."""
-        raise NotImplementedError
 
     def forward(self, v: Tensor) -> Tensor:
         return self.apply(v) + self.bias
 
-    def backward(self, lam: Tensor) -> Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def backward(self, lam: Tensor) -> Tensor:
         """Λ·A for rows Λ (..., out_size) → (..., in_size)."""
-        raise NotImplementedError
 
-    def matrix(self) -> sp.csr_matrix:  # pragma: no cover - abstract
+    @abstractmethod
+    def matrix(self) -> sp.csr_matrix:
         """A as a SciPy CSR matrix (out_size, in_size), float64."""
-        raise NotImplementedError
 
+    @abstractmethod
     def abs_apply(self, v: Tensor) -> Tensor:
         """|A|·v for rows v ≥ 0 (interval arithmetic: radius ↦ |A|·radius)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """Exact image bounds of the box [lower, upper] (rows (B, in_size)) under the layer:
