@@ -63,3 +63,10 @@ def fraction(name: str, value: object, *, closed: bool = False) -> float:
     if not (0 < v < 1 or (closed and v == 1)):
         raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
     return v
+
+
+def no_eps(eps: object, reason: str) -> None:
+    """Attacks whose change is measured by their own metric take no Lp budget: ``eps`` must be
+    None. ``reason`` says what bounds the change instead."""
+    if eps is not None:
+        raise ValueError(f"threat.eps: {reason}, not an Lp budget; use eps=None (got eps={eps!r})")

@@ -403,11 +403,7 @@ class ReColorAdv(Attack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        if threat.eps is not None:
-            raise ValueError(
-                f"threat.eps: {self.name} bounds the colour function itself (eps_color), not "
-                f"an Lp ball; use eps=None (got eps={threat.eps!r})"
-            )
+        checks.no_eps(threat.eps, f"{self.name} bounds the colour function itself (eps_color)")
         if eps_color is not None:
             checks.positive("eps_color", eps_color)
             if eps_color > 1:

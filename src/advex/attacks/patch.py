@@ -445,10 +445,7 @@ class AdversarialPatch(DatasetAttack):
         batch_size: int | None = 32,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size)
-        if threat.eps is not None:
-            raise ValueError(
-                "threat.eps: a patch's size is set by scale, not by an L0 budget; use eps=None"
-            )
+        checks.no_eps(threat.eps, "a patch's size is set by scale")
         self.size = None if size is None else checks.positive_int("size", size)
         self.scale = _check_scale(scale)
         rotation = checks.non_negative("max_rotation", max_rotation)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from advex.attacks import checks
 from advex.attacks.base import Attack
 from advex.threat import ThreatModel
 
@@ -195,11 +196,7 @@ class TransformAttack(Attack):
         early_stop: bool = True,
     ) -> None:
         super().__init__(threat, seed=seed, batch_size=batch_size, early_stop=early_stop)
-        if threat.eps is not None:
-            raise ValueError(
-                f"threat.eps: {self.name} transforms the image and has no Lp budget; use "
-                f"eps=None (got eps={threat.eps!r})"
-            )
+        checks.no_eps(threat.eps, f"{self.name} transforms the image; its size is its metric")
 
     def _checked(
         self, clf: Any, x: Any, y: Any, target: Any
