@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 THREADS ?= 2
 
-.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack bench-blackbox bench-universal bench-store bench-certify clean
+.PHONY: demo test test-slow lint bench bench-minnorm bench-autoattack bench-blackbox bench-universal bench-store bench-certify bench-train bench-defenses clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -70,6 +70,13 @@ $(VENV)/.verify: $(VENV)/.base
 
 bench-certify: $(VENV)/.verify
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/certify.py
+
+# Defenses: advex's training loop against a plain PyTorch loop; the table of every defense.
+bench-train: $(VENV)/.base
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/train_speed.py --threads $(THREADS)
+
+bench-defenses: $(VENV)/.base
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/defenses.py --threads $(THREADS)
 
 bench-blackbox: $(VENV)/.bench
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python benchmarks/blackbox.py --threads $(THREADS)

@@ -5,6 +5,7 @@
     advex export     a run's per-sample table as CSV or JSON
     advex attack     one attack on one model → a one-line summary (and an .npz with --out)
     advex certify    certified accuracy per radius (bounds, MILP, smoothing); VNN-LIB properties
+    advex train      train a model: standard, adversarial (FGSM, PGD, TRADES, ALP, ensemble), ...
     advex zoo list   the shipped models
     advex attacks list   the attack catalogue
 
@@ -38,7 +39,7 @@ from advex.evaluate.plan import (
     parse_attacks,
     parse_eps,
 )
-from advex.evaluate.run import DEFAULT_BATCH_SIZE
+from advex.evaluate.run import DEFAULT_BATCH_SIZE, DEFAULT_EOT_SAMPLES
 from advex.model import Classifier
 from advex.threat import Norm, ThreatModel, parse_norm
 
@@ -370,10 +371,34 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    defense: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--defense",
+            help="An inference-time defense put in front of every model: NAME or "
+            "NAME:KEY=VALUE,... (jpeg:quality=75, bitdepth:bits=4, noise:sigma=0.1, resizepad, "
+            "blur:sigma=1, median:kernel_size=3, translate:max_shift=2, rotate:max_degrees=15, "
+            "flip). Repeat for several, applied in the order given.",
+            show_default=False,
+        ),
+    ] = None,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive/--no-adaptive",
+            help="Attack models with randomized or non-differentiable defenses adaptively "
+            "(BPDA and EOT, Athalye et al. 2018); --no-adaptive gives the naive numbers.",
+        ),
+    ] = True,
+    eot_samples: Annotated[
+        int,
+        typer.Option(min=1, help="Draws averaged per forward pass of a randomized model (EOT)."),
+    ] = DEFAULT_EOT_SAMPLES,
 ) -> None:
     """Evaluate models against a grid of attacks; write OUT/store.sqlite, OUT/results.json and
     OUT/report.html. Every batch is stored as soon as it is done: an interrupted run continues
-    with --resume OUT."""
+    with --resume OUT. Models with randomized or non-differentiable advex defenses (--defense)
+    are attacked adaptively (BPDA, EOT) unless --no-adaptive."""
     from advex.evaluate import run_evaluation, write_report, write_results
     from advex.evaluate.run import check_setup
     from advex.evaluate.store import STORE_FILE, Store, StoreError
@@ -395,6 +420,9 @@ def evaluate(
         "clever": clever,
         "certify": certify,
         "certify_timeout": certify_timeout,
+        "defense": defense,
+        "adaptive": adaptive,
+        "eot_samples": eot_samples,
     }
     if resume is not None:
         settings = _resumed_settings(resume, settings)
@@ -415,11 +443,13 @@ def evaluate(
     if settings.get("certify") not in (None, *CERTIFY_CHOICES):
         _fail(f"--certify: expected one of {', '.join(CERTIFY_CHOICES)}, got {certify!r}")
     dev = _device(device)
+    defenses = _defense_specs(settings.get("defense"))
     specs = [_resolve(s) for s in _split_list(settings["model"]) or DEFAULT_MODELS]
     data_spec = settings["data"] or _zoo_dataset(specs) or DEFAULT_DATA
     split, levels = settings["split"], settings["levels"]
     seed, batch_size = settings["seed"], settings["batch_size"]
     models, sources = _load_models(specs, _split_list(settings["arch"]), dev)
+    models = _defended(models, defenses, sources)
     x, y = _load_data(data_spec, split, settings["n"])
     try:
         check_setup(models, x, y, plan, levels=levels)
@@ -432,6 +462,8 @@ def evaluate(
         f"{len(y)} samples of {data_spec} ({split}): {len(plan)} attack settings",
         err=True,
     )
+    if defenses:
+        typer.echo(f"defenses in front of every model: {', '.join(map(str, defenses))}", err=True)
     config = {
         "models": specs,
         "arch": _split_list(settings["arch"]) or None,
@@ -447,6 +479,9 @@ def evaluate(
         "batch_size": batch_size,
         "device": dev,
         "out": str(out),
+        "defenses": [str(d) for d in defenses],
+        "adaptive": settings.get("adaptive", True),
+        "eot_samples": settings.get("eot_samples", DEFAULT_EOT_SAMPLES),
     }
     metadata = {
         "command": shlex.join(["advex", *sys.argv[1:]]),
@@ -471,6 +506,8 @@ def evaluate(
                 progress=progress,
                 store=store,
                 clever_samples=settings["clever"],
+                adaptive=settings.get("adaptive", True),
+                eot_samples=settings.get("eot_samples", DEFAULT_EOT_SAMPLES),
             )
             certified = None
             if settings.get("certify"):
@@ -507,8 +544,35 @@ def evaluate(
         certified=certified or None,
     )
     _print_rows(result)
+    _print_adaptive(result)
     _print_flags(result)
     typer.echo(f"wrote {results_path} and {report_path} ({time.perf_counter() - started:.1f} s)")
+
+
+def _defense_specs(values: list[str] | None) -> list[Any]:
+    """The parsed --defense specs (``advex.defenses.registry``), in the order given."""
+    from advex.defenses.registry import parse_defense
+
+    out = []
+    for value in values or []:
+        try:
+            out.append(parse_defense(value))
+        except ValueError as err:
+            _fail(f"--defense {_message(err)}")
+    return out
+
+
+def _defended(
+    models: dict[str, Classifier], defenses: list[Any], sources: dict[str, dict[str, Any]]
+) -> dict[str, Classifier]:
+    """Each model behind its own new instances of ``defenses`` (none: the models as given)."""
+    if not defenses:
+        return models
+    from advex.defenses.base import defend
+
+    for name in models:
+        sources[name]["defenses"] = [str(d) for d in defenses]
+    return {name: defend(clf, *(d.build() for d in defenses)) for name, clf in models.items()}
 
 
 def _resumed_settings(folder: Path, given: dict[str, Any]) -> dict[str, Any]:
@@ -558,6 +622,13 @@ def _report_metadata(stored: dict[str, Any], n: int) -> dict[str, Any]:
         "weights (sha256, 16 hex)": ", ".join(f"{k}: {v}" for k, v in hashes.items()),
         "device": metadata.get("device", ""),
     }
+    if config.get("defenses"):
+        out["defenses"] = ", ".join(config["defenses"])
+        out["adaptive attacks"] = (
+            f"BPDA and EOT ({config.get('eot_samples')} draws)"
+            if config.get("adaptive", True)
+            else "off (--no-adaptive)"
+        )
     out.update(stored.get("environment", {}))
     return out
 
@@ -583,7 +654,8 @@ def _stored_models(stored: dict[str, Any]) -> dict[str, Classifier] | None:
     cli, hashes = stored.get("cli") or {}, dict((stored.get("config") or {}).get("models", []))
     try:
         specs = [_resolve(s) for s in _split_list(cli.get("model")) or DEFAULT_MODELS]
-        models, _ = _load_models(specs, _split_list(cli.get("arch")), "cpu")
+        models, sources = _load_models(specs, _split_list(cli.get("arch")), "cpu")
+        models = _defended(models, _defense_specs(cli.get("defense")), sources)
     except (typer.Exit, *_USER_ERRORS):
         return None
     if {k: model_hash(m.module) for k, m in models.items()} != hashes:
@@ -659,6 +731,25 @@ def export(
     except OSError as err:
         _fail(f"--output {target}: cannot write the table: {err.strerror or err}")
     typer.echo(f"wrote {count} rows to {target}")
+
+
+def _print_adaptive(result: Any) -> None:
+    """One line per model with randomized or non-differentiable defenses: how it was attacked."""
+    for name, info in getattr(result, "adaptive", {}).items():
+        kinds = [k for k in ("randomized", "nondifferentiable") if info.get(k)]
+        what = " and ".join("non-differentiable" if k == "nondifferentiable" else k for k in kinds)
+        if info.get("adaptive"):
+            how = []
+            if info.get("bpda"):
+                how.append(f"BPDA ({info['bpda']} backward)")
+            if info.get("eot_samples"):
+                how.append(f"EOT over {info['eot_samples']} draws")
+            typer.echo(f"adaptive: {name} has {what} defenses; attacked with {' and '.join(how)}")
+        else:
+            typer.echo(
+                f"NOT adaptive (--no-adaptive): {name} has {what} defenses; naive attacks: its "
+                "robust accuracy may overestimate robustness"
+            )
 
 
 def _print_flags(result: Any) -> None:
@@ -1078,3 +1169,9 @@ def attacks_list() -> None:
             ]
         )
     _print_table(["attack", "norms", "eps", "targeted", "description"], rows)
+
+
+# `advex train` lives in its own module (the training options are many); registered here.
+from advex.cli_train import train as _train_command  # noqa: E402
+
+app.command("train")(_train_command)

@@ -12,8 +12,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from advex import Classifier, data, zoo
+from advex.zoo.train import shipped_command
 
-NAMES = ["mnist_cnn", "mnist_mlp", "mnist_cnn_pgd", "digits_mlp"]
+NAMES = [
+    "mnist_cnn",
+    "mnist_mlp",
+    "mnist_cnn_pgd",
+    "mnist_wide_pgd",
+    "mnist_cnn_trades",
+    "digits_mlp",
+]
+ROBUST = {"mnist_cnn_pgd", "mnist_wide_pgd", "mnist_cnn_trades"}
 
 
 def test_list_models_cards() -> None:
@@ -26,24 +35,24 @@ def test_list_models_cards() -> None:
         assert card.input_shape == zoo.ARCHITECTURES[card.architecture].input_shape
         assert card.num_classes == 10
         assert 0.9 <= card.clean_accuracy <= 1.0
-        assert card.training_command == f"python -m advex.zoo.train --model {card.name}"
+        assert card.training_command == shipped_command(card.name)
         assert card.train_seconds > 0
         assert card.description
         with pytest.raises(dataclasses.FrozenInstanceError):
             card.name = "x"  # type: ignore[misc]
     robust = {c.name: c for c in cards if c.robust_accuracy is not None}
-    assert set(robust) == {"mnist_cnn_pgd"}
-    pgd = robust["mnist_cnn_pgd"]
-    assert pgd.robust_attack is not None and "PGD" in pgd.robust_attack
-    assert "eps=0.3" in pgd.robust_attack and "steps=40" in pgd.robust_attack
-    assert pgd.robust_accuracy is not None and pgd.robust_accuracy >= 0.5
+    assert set(robust) == ROBUST
+    for pgd in robust.values():
+        assert pgd.robust_attack is not None and "PGD" in pgd.robust_attack
+        assert "eps=0.3" in pgd.robust_attack and "steps=40" in pgd.robust_attack
+        assert pgd.robust_accuracy is not None and pgd.robust_accuracy >= 0.5
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_weights_files_small_with_metadata(name: str) -> None:
     path = zoo.weights_path(name)
     assert path.suffix == ".safetensors"
-    assert path.stat().st_size < 2 * 1024 * 1024
+    assert path.stat().st_size < 3 * 1024 * 1024
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     for key in ("architecture", "dataset", "training_command", "seed", "clean_accuracy"):

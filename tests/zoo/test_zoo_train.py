@@ -81,3 +81,32 @@ def test_main_requires_a_choice() -> None:
         zoo_train.main([])
     with pytest.raises(SystemExit):
         zoo_train.main(["--model", "resnet"])
+
+
+ARGS = zoo_train._args(
+    "--arch digits_mlp --data digits --objective pgd --eps 0.1 --steps 2 --epochs 1 --val-n 0"
+)
+
+
+def test_a_recipe_that_is_an_advex_train_command(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The zoo takes a finished `advex train` run only when it was made by the recipe's args."""
+    from typer.testing import CliRunner
+
+    from advex.cli import app
+
+    out = tmp_path / "run"
+    monkeypatch.setattr("sys.argv", ["advex", "train", *ARGS, "--out", str(out)])
+    result = CliRunner().invoke(app, ["train", *ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model, seconds = zoo_train.train_with_cli("digits_mlp", ARGS, log=_quiet, from_run=out)
+    saved = zoo.load_file(out / "model.safetensors", "digits_mlp").module
+    pairs = zip(model.parameters(), saved.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert seconds > 0
+    other = (*ARGS[:-2], "--val-n", "10")
+    with pytest.raises(ValueError, match="not by the recipe"):
+        zoo_train.train_with_cli("digits_mlp", other, log=_quiet, from_run=out)
+    # without a finished run, the same arguments train in a temporary folder (same weights)
+    again, _ = zoo_train.train_with_cli("digits_mlp", ARGS, log=_quiet)
+    pairs = zip(again.parameters(), saved.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

@@ -4,6 +4,11 @@
 grid, every attack's settings, every model on one sample), so a long run does not fail halfway
 on a bad setting. Every (model, entry) pair runs the entry's attack on all samples; the results
 are kept whole (``EvaluationResult.records``) so reports can show adversarial examples.
+
+A model that contains a randomized or non-differentiable advex defense is evaluated adaptively
+(Athalye et al. 2018): every attack runs through ``advex.defenses.adaptive.Adaptive`` (BPDA
+through the non-differentiable defenses, EOT over the randomized ones) and every point is
+decided on the deployed model; ``EvaluationResult.adaptive`` says which models and how.
 """
 
 from __future__ import annotations
@@ -24,8 +29,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from advex.attacks import checks as arg_checks
 from advex.attacks.base import Attack
 from advex.attacks.ensemble import Ensemble
+from advex.defenses.adaptive import BACKWARDS, Adaptive, needs_adapting, splittable
+from advex.defenses.base import defenses_in, is_nondifferentiable, is_randomized
+from advex.defenses.base import seed as seed_defenses
 from advex.evaluate.checks import Flag, run_checks
 from advex.evaluate.clever import CleverResult, clever
 from advex.evaluate.metrics import accuracy, json_safe, summary_row, worst_case_row
@@ -39,11 +48,22 @@ from advex.norms import on_grid
 from advex.result import AttackResult
 from advex.threat import ThreatModel
 
-__all__ = ["DEFAULT_BATCH_SIZE", "EvaluationResult", "Record", "run_evaluation", "write_results"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_EOT_SAMPLES",
+    "EvaluationResult",
+    "Record",
+    "adaptive_settings",
+    "run_evaluation",
+    "write_results",
+]
 
 #: Samples per attack batch. Small CNNs on a CPU run about twice as fast per sample in batches
 #: of a few hundred as in one batch of 1000 (the activations stay in cache).
 DEFAULT_BATCH_SIZE = 256
+
+#: Draws per forward pass of a randomized model in an adaptive evaluation (EOT).
+DEFAULT_EOT_SAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,9 @@ class EvaluationResult:
     cross_pred: dict[tuple[int, str, str], Tensor] = field(default_factory=dict)
     #: model name → CLEVER estimates (one per Lp norm of the plan) on the first samples.
     clever: dict[str, list[CleverResult]] = field(default_factory=dict)
+    #: model name → how it was evaluated, for each model that contains a randomized or
+    #: non-differentiable advex defense (see ``adaptive_settings``).
+    adaptive: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def model_names(self) -> list[str]:
@@ -160,6 +183,7 @@ class EvaluationResult:
             rows=self.rows(),
             worst_case=self.worst_case(),
             checks=self.flags(),
+            adaptive=self.adaptive,
         )
         return json_safe(out)
 
@@ -250,6 +274,9 @@ def run_evaluation(
     progress: bool | None = None,
     store: Store | None = None,
     clever_samples: int = 0,
+    adaptive: bool = True,
+    eot_samples: int = DEFAULT_EOT_SAMPLES,
+    bpda: str = "surrogate",
 ) -> EvaluationResult:
     """Run every plan entry against every model on the samples ``x``, ``y``.
 
@@ -274,6 +301,13 @@ def run_evaluation(
         clever_samples: also estimate CLEVER scores (``advex.evaluate.clever``; an estimate,
             never a certificate) on the first this many samples, for every model and every Lp
             norm of the plan, with light settings (``CLEVER_SETTINGS``).
+        adaptive: attack every model that contains a randomized or non-differentiable advex
+            defense adaptively (``advex.defenses.adaptive.Adaptive``: BPDA and EOT, each point
+            decided on the deployed model, a randomized one on a draw seeded from ``seed``).
+            False gives the naive numbers (attacks run on the deployed model as it is).
+        eot_samples: draws averaged per forward pass for a randomized model (EOT).
+        bpda: the backward pass of the non-differentiable defenses: "surrogate" (each
+            defense's ``backward_surrogate``) or "identity" (straight-through).
 
     Returns:
         An ``EvaluationResult`` with one record per (model, entry).
@@ -289,9 +323,21 @@ def run_evaluation(
     x = x.detach().cpu()
     y = y.detach().cpu()
     check_setup(clfs, x, y, entries, bounds=bounds, levels=levels)
+    if not isinstance(adaptive, bool):
+        raise ValueError(f"adaptive: expected True or False, got {adaptive!r}")
+    eot_samples = arg_checks.positive_int("eot_samples", eot_samples)
+    if bpda not in BACKWARDS:
+        raise ValueError(f"bpda: expected one of {', '.join(BACKWARDS)}, got {bpda!r}")
+    adapted = {
+        name: adaptive_settings(clf, adaptive=adaptive, eot_samples=eot_samples, bpda=bpda)
+        for name, clf in clfs.items()
+        if needs_adapting(clf)
+    }
     keys = [entry_key(e) for e in entries]
     if store is not None:
         config = run_config(clfs, x, y, entries, bounds, levels, seed, batch_size)
+        if adapted:  # only then: the stores of runs without such defenses keep their config
+            config["adaptive"] = adapted
         store.start(config, environment())
         # each step below is idempotent: a run killed between them is completed on resume
         if not store.has_inputs():
@@ -301,6 +347,7 @@ def run_evaluation(
     for name, clf in clfs.items():
         stored = None if store is None else store.clean(name)
         if stored is None:
+            seed_defenses(clf, seed)  # a randomized model: a reproducible draw
             stored = clf.predict(x.to(clf.device)).cpu()
             if store is not None:
                 store.put_clean(name, stored)
@@ -314,6 +361,7 @@ def run_evaluation(
         levels=levels,
         seed=seed,
         batch_size=batch_size,
+        adaptive=adapted,
     )
     bar = tqdm(
         total=len(clfs) * len(entries),
@@ -325,8 +373,10 @@ def run_evaluation(
     )
     with bar:
         for name, clf in clfs.items():
+            adapt_model = adaptive and name in adapted
             for entry, key in zip(entries, keys, strict=True):
-                bar.set_postfix_str(f"{name}: {entry.label}", refresh=True)
+                tag = " (adaptive)" if adapt_model else ""
+                bar.set_postfix_str(f"{name}: {entry.label}{tag}", refresh=True)
                 threat = entry.threat(bounds=bounds, levels=levels)
                 stored_flags = None if store is None else store.completed(name, key)
                 if store is not None and stored_flags is not None:
@@ -336,11 +386,14 @@ def run_evaluation(
                     attack = entry.build(
                         bounds=bounds, levels=levels, seed=seed, batch_size=batch_size
                     )
+                    if adapt_model:
+                        attack = Adaptive(attack, eot_samples=eot_samples, bpda=bpda)
                     result = _run_batches(attack, clf, x, y, batch_size, store, name, key)
                     flags = ()
-                    if isinstance(attack, Ensemble):
+                    inner = attack.attack if isinstance(attack, Adaptive) else attack
+                    if isinstance(inner, Ensemble):
                         bar.set_postfix_str(f"{name}: {entry.label} (sanity checks)", refresh=True)
-                        flags = tuple(run_checks(clf, x, y, attack, result, seed=seed))
+                        flags = _sanity_checks(clf, x, y, attack, result, seed)
                     if store is not None:
                         store.complete(name, key, [f.to_dict() for f in flags])
                 out.records.append(Record(name, entry, result, flags))
@@ -352,6 +405,52 @@ def run_evaluation(
     if store is not None:
         store.set_meta(seconds=out.seconds + float(store.meta().get("seconds", 0.0)))
     return out
+
+
+def adaptive_settings(
+    clf: Classifier, *, adaptive: bool, eot_samples: int, bpda: str
+) -> dict[str, Any]:
+    """How a model with randomized or non-differentiable advex defenses is evaluated: its
+    defenses, whether the attacks are adaptive, the EOT draws (randomized models) and the BPDA
+    backward pass (non-differentiable defenses); None where it does not apply."""
+    randomized, nondiff = is_randomized(clf), is_nondifferentiable(clf)
+    return {
+        "adaptive": adaptive,
+        "defenses": [repr(d) for d in defenses_in(clf)],
+        "randomized": randomized,
+        "nondifferentiable": nondiff,
+        "eot_samples": eot_samples if adaptive and randomized else None,
+        "bpda": bpda if adaptive and nondiff else None,
+    }
+
+
+def _sanity_checks(
+    clf: Classifier, x: Tensor, y: Tensor, attack: Attack, result: AttackResult, seed: int
+) -> tuple[Flag, ...]:
+    """The sanity checks of an ensemble entry (``advex.evaluate.checks``).
+
+    An adaptive entry is checked on the view its attacks ran on (BPDA, EOT: the gradients the
+    checks look at are the ones the attacks used), with each member wrapped in ``Adaptive`` so
+    the reproducibility check reseeds the defenses as the evaluation did. The randomized-model
+    check does not fire there: its advice (EOT) is what the evaluation did."""
+    if not isinstance(attack, Adaptive):
+        return tuple(run_checks(clf, x, y, attack, result, seed=seed))
+    inner = attack.attack
+    assert isinstance(inner, Ensemble)
+    members = [Adaptive(a, eot_samples=attack.eot_samples, bpda=attack.bpda) for a in inner.attacks]
+    checked = Ensemble(inner.threat, members, seed=inner.seed, batch_size=inner.batch_size)
+    flags = run_checks(attack.view(clf), x, y, checked, result, seed=seed)
+    out = []
+    for f in flags:
+        if f.name == "randomized_model" and f.fired:
+            f = dataclasses.replace(
+                f,
+                fired=False,
+                message=f"{f.message}; the evaluation attacked the mean over "
+                f"{attack.eot_samples} draws (EOT) and decided each point on a seeded draw",
+            )
+        out.append(f)
+    return tuple(out)
 
 
 def _cross_predictions(
@@ -370,6 +469,7 @@ def _cross_predictions(
                     continue
                 pred = stored.get((source, target))
                 if pred is None:
+                    seed_defenses(clf, out.seed)  # a randomized model: a reproducible draw
                     pred = clf.predict(x_adv.to(clf.device)).cpu()
                     if store is not None:
                         store.put_cross(key, source, target, pred)
@@ -417,13 +517,6 @@ def _clever_scores(
             out.clever.setdefault(name, []).append(res)
 
 
-def _splittable(attack: Attack) -> bool:
-    """Whether the attack can run one batch at a time (see ``Attack.per_batch``)."""
-    if isinstance(attack, Ensemble):
-        return all(_splittable(a) for a in attack.attacks)
-    return attack.per_batch
-
-
 def _run_batches(
     attack: Attack,
     clf: Classifier,
@@ -436,7 +529,7 @@ def _run_batches(
 ) -> AttackResult:
     """Run ``attack`` batch by batch, saving each batch (and skipping those already saved)."""
     n = x.shape[0]
-    size = (batch_size or n) if _splittable(attack) else n
+    size = (batch_size or n) if splittable(attack) else n
     done = set() if store is None else store.done_batches(model, key)
     parts = []
     for i, lo in enumerate(range(0, n, size)):

@@ -143,6 +143,7 @@ def load_evaluation(store: Store) -> Any:
         batch_size=config["batch_size"],
         seconds=float(meta.get("seconds", 0.0)),
     )
+    out.adaptive = dict(config.get("adaptive", {}))
     for model, _, meta, tensors in store.extras("clever"):
         out.clever.setdefault(model, []).append(clever_from_store(meta, tensors))
     for i, (key, _) in enumerate(keyed):

@@ -63,6 +63,16 @@ MODELS: dict[str, _Entry] = {
         "mnist5k",
         "small CNN, PGD adversarial training (Madry et al.) at Linf eps=0.3 on mnist5k",
     ),
+    "mnist_wide_pgd": _Entry(
+        "mnist_cnn_wide",
+        "mnist5k",
+        "wide CNN, PGD adversarial training at Linf eps=0.3 with `advex train` on mnist5k",
+    ),
+    "mnist_cnn_trades": _Entry(
+        "mnist_cnn",
+        "mnist5k",
+        "small CNN, TRADES (beta=6) at Linf eps=0.3 with `advex train` on mnist5k",
+    ),
     "digits_mlp": _Entry(
         "digits_mlp", "digits", "64-32-10 ReLU MLP, standard training on the 8x8 digits"
     ),

@@ -16,7 +16,15 @@ from typing import ClassVar
 
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "DigitsMLP", "MnistCNN", "MnistMLP", "ZooNet", "build"]
+__all__ = [
+    "ARCHITECTURES",
+    "DigitsMLP",
+    "MnistCNN",
+    "MnistCNNWide",
+    "MnistMLP",
+    "ZooNet",
+    "build",
+]
 
 
 class ZooNet(nn.Sequential):
@@ -50,6 +58,37 @@ class MnistCNN(ZooNet):
                     ("fc1", nn.Linear(32 * 7 * 7, 100)),
                     ("relu3", nn.ReLU()),
                     ("fc2", nn.Linear(100, 10)),
+                ]
+            )
+        )
+
+
+class MnistCNNWide(ZooNet):
+    """The small CNN at twice the width, for adversarial training (648,226 parameters).
+
+    conv1 3×3 1→32 (pad 1) → ReLU → max-pool 2 → conv2 3×3 32→64 (pad 1) → ReLU → max-pool 2
+    → flatten (64·7·7 = 3136) → fc1 3136→200 → ReLU → fc2 200→10. Robustness at L∞ ε = 0.3
+    needs capacity (Madry et al. 2018, section 4): at the width of ``MnistCNN`` PGD training
+    on mnist5k stalls near 70% robust accuracy under AutoAttack-grade evaluation.
+    """
+
+    input_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
+    num_classes: ClassVar[int] = 10
+
+    def __init__(self) -> None:
+        super().__init__(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(1, 32, kernel_size=3, padding=1)),
+                    ("relu1", nn.ReLU()),
+                    ("pool1", nn.MaxPool2d(2)),
+                    ("conv2", nn.Conv2d(32, 64, kernel_size=3, padding=1)),
+                    ("relu2", nn.ReLU()),
+                    ("pool2", nn.MaxPool2d(2)),
+                    ("flatten", nn.Flatten()),
+                    ("fc1", nn.Linear(64 * 7 * 7, 200)),
+                    ("relu3", nn.ReLU()),
+                    ("fc2", nn.Linear(200, 10)),
                 ]
             )
         )
@@ -98,6 +137,7 @@ class DigitsMLP(ZooNet):
 #: name → architecture class.
 ARCHITECTURES: dict[str, type[ZooNet]] = {
     "mnist_cnn": MnistCNN,
+    "mnist_cnn_wide": MnistCNNWide,
     "mnist_mlp": MnistMLP,
     "digits_mlp": DigitsMLP,
 }

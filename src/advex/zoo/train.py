@@ -34,11 +34,13 @@ import argparse
 import json
 import math
 import platform
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,7 @@ from torch import Tensor, nn
 import advex
 from advex import ThreatModel, data
 from advex.attacks import FGSM, PGD
+from advex.defenses.training import shift_batch
 from advex.model import Classifier
 from advex.zoo import MODELS
 from advex.zoo.architectures import ARCHITECTURES, build
@@ -61,6 +64,7 @@ __all__ = [
     "robust_attack",
     "robust_evaluation",
     "shift_batch",
+    "shipped_command",
     "time_forward_backward",
     "train",
     "train_and_save",
@@ -85,6 +89,9 @@ class Recipe:
         ramp_epochs: epochs over which the budget ramps linearly from 0 to ``adv_eps``.
         pgd_steps: PGD steps of the inner maximization.
         seed: the training seed.
+        command: for models trained by ``advex train``: its arguments (without ``--out``);
+            the fields above then only describe the run for the card, the command decides.
+        ensemble: also evaluate under advex's AutoAttack-grade ensemble (minutes per model).
     """
 
     epochs: int
@@ -96,6 +103,13 @@ class Recipe:
     ramp_epochs: int = 0
     pgd_steps: int = 10
     seed: int = 0
+    command: tuple[str, ...] = ()
+    ensemble: bool = False
+
+
+def _args(command: str) -> tuple[str, ...]:
+    """The words of an ``advex train`` argument string (no quoting needed in the recipes)."""
+    return tuple(command.split())
 
 
 RECIPES: dict[str, Recipe] = {
@@ -112,28 +126,39 @@ RECIPES: dict[str, Recipe] = {
         pgd_steps=10,
     ),
     "digits_mlp": Recipe(epochs=200, batch_size=32, lr=1e-3, lr_drops=(150,)),
+    "mnist_wide_pgd": Recipe(
+        epochs=40,
+        batch_size=100,
+        lr=1e-3,
+        lr_drops=(30, 36),
+        shift=2,
+        adv_eps=0.3,
+        ramp_epochs=10,
+        command=_args(
+            "--arch mnist_cnn_wide --objective pgd --eps 0.3 --steps 10 --epochs 40 "
+            "--lr-drops 30,36 --eps-ramp-epochs 10 --shift 2 --val-n 500 --val-steps 10 --threads 1"
+        ),
+        ensemble=True,
+    ),
+    "mnist_cnn_trades": Recipe(
+        epochs=60,
+        batch_size=100,
+        lr=1e-3,
+        lr_drops=(45, 55),
+        shift=2,
+        adv_eps=0.3,
+        ramp_epochs=15,
+        command=_args(
+            "--arch mnist_cnn --objective trades --eps 0.3 --beta 6 --steps 10 --epochs 60 "
+            "--lr-drops 45,55 --eps-ramp-epochs 15 --shift 2 --val-n 500 --val-steps 10 --threads 1"
+        ),
+    ),
 }
 
 
 def robust_attack(eps: float) -> PGD:
     """The attack whose robust accuracy the metadata records: PGD-40, one start, seed 0."""
     return PGD(ThreatModel("linf", eps), steps=40, restarts=1, seed=0)
-
-
-def shift_batch(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
-    """Shift each image by an independent random (dy, dx) ∈ [−s, s]², filling with zeros."""
-    if max_shift == 0:
-        return x
-    b, _, h, w = x.shape
-    s = max_shift
-    padded = F.pad(x, (s, s, s, s))
-    oy = torch.randint(0, 2 * s + 1, (b,), generator=generator)
-    ox = torch.randint(0, 2 * s + 1, (b,), generator=generator)
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b)[:, None, None, None]
-    chans = torch.arange(x.shape[1])[None, :, None, None]
-    return padded[batch, chans, rows, cols]
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
@@ -143,10 +168,16 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> f
 
 
 def train(
-    name: str, recipe: Recipe, *, log: Callable[[str], None] = print
+    name: str,
+    recipe: Recipe,
+    *,
+    log: Callable[[str], None] = print,
+    from_run: Path | None = None,
 ) -> tuple[nn.Module, float]:
     """Train model ``name`` with ``recipe``; returns the module (eval mode) and the seconds."""
     entry = MODELS[name]
+    if recipe.command:
+        return train_with_cli(name, recipe.command, log=log, from_run=from_run)
     torch.manual_seed(recipe.seed)
     model = build(entry.architecture)
     x_train, y_train = data.load(entry.dataset, split="train")
@@ -194,6 +225,56 @@ def train(
     return model.eval(), seconds
 
 
+def _without_out(command: str) -> list[str]:
+    words = shlex.split(command)
+    if "--out" in words:
+        i = words.index("--out")
+        del words[i : i + 2]
+    return words
+
+
+def train_with_cli(
+    name: str,
+    args: Sequence[str],
+    *,
+    log: Callable[[str], None] = print,
+    from_run: Path | None = None,
+) -> tuple[nn.Module, float]:
+    """Run ``advex train ARGS --out TMP`` (the same code path as the shell command) and load
+    its weights; returns the module (eval mode) and the training seconds it recorded.
+
+    ``from_run``: the ``--out`` folder of a finished ``advex train`` run with exactly these
+    arguments (checked against the command its weights record) to take instead of training."""
+    import tempfile
+
+    from advex.cli import app
+
+    entry = MODELS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        if from_run is None:
+            app(["train", *args, "--out", tmp], standalone_mode=False)
+        weights = (from_run or Path(tmp)) / "model.safetensors"
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+            history = json.loads(meta["advex.history"])
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    if from_run is not None and _without_out(meta.get("advex.command", "")) != [
+        "advex",
+        "train",
+        *args,
+    ]:
+        raise ValueError(
+            f"{weights}: made by {meta.get('advex.command')!r}, not by the recipe's "
+            f"advex train {shlex.join(args)}"
+        )
+    model = build(entry.architecture)
+    model.load_state_dict(state)
+    seconds = float(sum(row["train_seconds"] for row in history))
+    last = history[-1]
+    log(f"{name}: advex train done, {seconds:.0f}s; last epoch {json.dumps(last)}")
+    return model.eval(), seconds
+
+
 def time_forward_backward(
     model: nn.Module, input_shape: Sequence[int], batch_size: int = 250, repeats: int = 30
 ) -> dict[str, float]:
@@ -233,16 +314,21 @@ def time_forward_backward(
 
 
 def robust_evaluation(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, *, ensemble: bool = False
 ) -> list[tuple[str, float]]:
-    """Robust accuracies under the recorded attack (first) and stronger checks."""
+    """Robust accuracies under the recorded attack (first) and stronger checks; with
+    ``ensemble`` also advex's AutoAttack-grade ensemble (``advex.attacks.standard``)."""
+    from advex.attacks import standard
+
     clf = Classifier(model, num_classes=10)
     threat = ThreatModel("linf", eps)
-    attacks = [
+    attacks: list[Any] = [
         robust_attack(eps),
         FGSM(threat),
         PGD(threat, steps=100, restarts=5, seed=1),
     ]
+    if ensemble:
+        attacks.append(standard(threat, seed=0))
     out = []
     for attack in attacks:
         result = attack(clf, x, y)
@@ -304,7 +390,35 @@ def _card_text(
         f"- seed: {recipe.seed}; cross-entropy, Adam, lr {recipe.lr:g}{drops}, "
         f"batch {recipe.batch_size}, {recipe.epochs} epochs, {augment}",
     ]
-    if recipe.adv_eps is not None:
+    if recipe.command:
+        args = list(recipe.command)
+        objective = args[args.index("--objective") + 1]
+        if objective == "pgd":
+            what = "PGD adversarial training (Madry et al. 2018): cross-entropy at the PGD point"
+        elif objective == "trades":
+            beta = args[args.index("--beta") + 1] if "--beta" in args else "6"
+            what = (
+                f"TRADES (Zhang et al. 2019), beta {beta}: CE(f(x), y) + beta * KL(p(x) || "
+                "p(x')), x' maximizing the KL"
+            )
+        else:
+            what = objective
+        threads = args[args.index("--threads") + 1] if "--threads" in args else "all"
+        lines[-1] = (
+            f"- seed: {recipe.seed}; Adam, lr {recipe.lr:g}{drops}, batch {recipe.batch_size}, "
+            f"{recipe.epochs} epochs, {augment}"
+        )
+        lines.append(
+            f"- objective `{objective}` of `advex.defenses`: {what}; Linf eps={recipe.adv_eps:g} "
+            f"ramped linearly from 0 over the first {recipe.ramp_epochs} epochs; inner "
+            "maximization: 10 signed-gradient steps of 2.5*eps/10 from a random start (TRADES: "
+            "from x + 0.001*N(0, I)), model in eval mode, last iterate"
+        )
+        lines.append(
+            f"- trained with `advex train` (`--threads {threads}`); its per-epoch log "
+            "(clean and PGD-10 accuracy on 500 test images) is in the weights' metadata"
+        )
+    elif recipe.adv_eps is not None:
         lines.append(
             f"- PGD adversarial training: Linf eps={recipe.adv_eps:g}, eps ramped linearly from "
             f"0 over the first {recipe.ramp_epochs} epochs, {recipe.pgd_steps} steps of size "
@@ -312,7 +426,8 @@ def _card_text(
             "(`advex.attacks.PGD`, `early_stop=False`), trained on the adversarial batch only"
         )
     lines += [
-        f"- training time: {float(meta['train_seconds']):.0f} s wall on {_THREADS} CPU threads "
+        f"- training time: {float(meta['train_seconds']):.0f} s wall on "
+        f"{_threads(meta.get('train_threads', _THREADS))} "
         f"({meta['machine']}, torch {meta['torch_version']}; the machine was shared, so wall "
         "times vary by tens of percent), evaluation excluded",
         "",
@@ -351,25 +466,29 @@ def train_and_save(
     *,
     recipe: Recipe | None = None,
     log: Callable[[str], None] = print,
+    from_run: Path | None = None,
 ) -> None:
     """Train ``name``, evaluate it and write ``output/weights/<name>.safetensors`` and its card.
+
+    ``from_run``: for recipes that are ``advex train`` commands, the output folder of that
+    command already run (its recorded command is checked); only the evaluation runs then.
 
     ``recipe`` overrides ``RECIPES[name]`` (tests use short ones); the metadata then records
     the call instead of the command line.
     """
     recipe = RECIPES[name] if recipe is None else recipe
     entry = MODELS[name]
-    model, seconds = train(name, recipe, log=log)
+    model, seconds = train(name, recipe, log=log, from_run=from_run)
     x_test, y_test = data.load(entry.dataset, split="test")
     clean = accuracy(model, x_test, y_test)
     log(f"{name}: clean test accuracy {clean:.4f}, trained in {seconds:.0f}s")
     robust: list[tuple[str, float]] = []
     if recipe.adv_eps is not None:
-        robust = robust_evaluation(model, x_test, y_test, recipe.adv_eps)
+        robust = robust_evaluation(model, x_test, y_test, recipe.adv_eps, ensemble=recipe.ensemble)
         for attack, acc in robust:
             log(f"{name}: robust accuracy {acc:.4f} under {attack}")
     if recipe == RECIPES[name]:
-        command = f"python -m advex.zoo.train --model {name}"
+        command = shipped_command(name)
     else:
         command = f"advex.zoo.train.train_and_save({name!r}, OUTPUT, recipe={recipe!r})"
     meta = {
@@ -384,6 +503,8 @@ def train_and_save(
         "torch_version": torch.__version__,
         "machine": f"{platform.machine()} {platform.system()}",
     }
+    if recipe.command and "--threads" in recipe.command:
+        meta["train_threads"] = recipe.command[list(recipe.command).index("--threads") + 1]
     if robust:
         meta["robust_accuracy"] = f"{robust[0][1]:.4f}"
         meta["robust_attack"] = robust[0][0]
@@ -394,6 +515,18 @@ def train_and_save(
     save_file(state, str(path), metadata=meta)
     log(f"{name}: wrote {path}")
     write_card(name, output, recipe=recipe, log=log)
+
+
+def _threads(n: object) -> str:
+    return "1 CPU thread" if str(n) == "1" else f"{n} CPU threads"
+
+
+def shipped_command(name: str) -> str:
+    """The command that made the shipped weights of ``name`` (as the card and metadata say)."""
+    recipe = RECIPES[name]
+    if recipe.command:
+        return shlex.join(["advex", "train", *recipe.command, "--out", f"runs/{name}"])
+    return f"python -m advex.zoo.train --model {name}"
 
 
 def write_card(
@@ -413,7 +546,7 @@ def write_card(
         meta: dict[str, str] = f.metadata() or {}
     if recipe is None:
         recipe = RECIPES[name]
-        if meta.get("training_command") != f"python -m advex.zoo.train --model {name}":
+        if meta.get("training_command") != shipped_command(name):
             raise ValueError(
                 f"{path}: trained by {meta.get('training_command')!r}, not the shipped recipe; "
                 "retrain it before writing its card"
@@ -454,6 +587,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="do not train: rewrite the cards from the existing weights' metadata and time "
         "the forward+backward pass again",
     )
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        default=None,
+        help="for a model trained by `advex train`: that command's finished --out folder "
+        "(its recorded command must be the recipe's); evaluates and writes weights and card",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(_THREADS)
     torch.use_deterministic_algorithms(True)
@@ -462,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.cards_only:
             write_card(name, args.output)
         else:
-            train_and_save(name, args.output)
+            train_and_save(name, args.output, from_run=args.from_run)
 
 
 if __name__ == "__main__":
