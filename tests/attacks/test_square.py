@@ -69,6 +69,17 @@ def test_p_schedule_halves_at_the_papers_thresholds() -> None:
     # rescaled to the budget: iteration i of 1000 is iteration 10·i of 10 000
     want = [p, p / 2, p / 2, p / 4, p / 4, p / 8]
     assert [p_schedule(i, 1000, p) for i in (1, 2, 5, 6, 20, 21)] == want
+    # not rescaled (AutoAttack's 5000-query Square): the 10 000-query thresholds as they are
+    assert [p_schedule(i, 5000, p, rescale=False) for i in (10, 11, 50, 51, 4000, 4001)] == [
+        p,
+        p / 2,
+        p / 2,
+        p / 4,
+        p / 32,
+        p / 64,
+    ]
+    with pytest.raises(ValueError, match="rescale"):
+        Square(ThreatModel("l2", 1.0), rescale=1)  # type: ignore[arg-type]
 
 
 def test_window_sides() -> None:

@@ -65,6 +65,13 @@ def fraction(name: str, value: object, *, closed: bool = False) -> float:
     return v
 
 
+def flag(name: str, value: object) -> bool:
+    """A bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected a bool, got {value!r}")
+    return value
+
+
 def no_eps(eps: object, reason: str) -> None:
     """Attacks whose change is measured by their own metric take no Lp budget: ``eps`` must be
     None. ``reason`` says what bounds the change instead."""

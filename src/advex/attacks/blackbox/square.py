@@ -5,7 +5,8 @@ only. At iteration i a candidate δ' differs from the current δ on a random s×
 channels, a new position per sample), and δ ← δ' only where L(δ') > L(δ) strictly. The window
 shrinks with the fraction p_i = ``p_schedule(i, max_queries, p_init)`` of pixels it covers:
 p_init halved after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 iterations of a 10 000
-query budget, rescaled to ``max_queries``.
+query budget, rescaled to ``max_queries`` (``rescale=True``, the reference's default) or not
+(AutoAttack's choice for its 5000-query Square: the windows shrink half as fast).
 
 * L∞, s = round(√(p·h·w)) within [1, min(h, w) − 1]. Init: vertical stripes, δ = ±ε with one
   sign per column and channel. Candidate: δ on the window set to ±ε, one sign per channel,
@@ -68,9 +69,10 @@ _REDRAWS = 16
 _TINY = 1e-12
 
 
-def p_schedule(i: int, max_queries: int, p_init: float) -> float:
-    """Fraction p of pixels the window covers at iteration ``i`` (piecewise constant)."""
-    it = int(i / max_queries * 10_000)
+def p_schedule(i: int, max_queries: int, p_init: float, rescale: bool = True) -> float:
+    """Fraction p of pixels the window covers at iteration ``i`` (piecewise constant); the
+    thresholds are those of a 10 000-query budget, scaled to ``max_queries`` if ``rescale``."""
+    it = int(i / max_queries * 10_000) if rescale else i
     return p_init / 2 ** sum(it > t for t in _HALVINGS)
 
 
@@ -147,6 +149,8 @@ class Square(BlackBoxAttack):
         max_queries: oracle queries per sample and restart, the clean pass included (≥ 2).
         p_init: initial fraction of pixels a window covers, in (0, 1].
         restarts: runs from a fresh init, each only on samples still unbroken.
+        rescale: scale the p schedule to ``max_queries`` (else the 10 000-query thresholds
+            apply as they are, as in AutoAttack's ensemble).
         loss: what the search maximizes: "margin" (default), "ce" (the paper's targeted
             loss), "dlr", or a callable ``loss(logits, y, target)``.
         seed, batch_size, early_stop: see ``advex.attacks.base.Attack``.
@@ -163,6 +167,7 @@ class Square(BlackBoxAttack):
         p_init: float = 0.8,
         restarts: int = 1,
         loss: str = "margin",
+        rescale: bool = True,
         seed: int = 0,
         batch_size: int | None = None,
         early_stop: bool = True,
@@ -176,6 +181,7 @@ class Square(BlackBoxAttack):
         )
         self.p_init = checks.fraction("p_init", p_init, closed=True)
         self.restarts = checks.positive_int("restarts", restarts)
+        self.rescale = checks.flag("rescale", rescale)
         self._loss = losses.get(loss)
         self.loss = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
 
@@ -198,7 +204,7 @@ class Square(BlackBoxAttack):
                 value = self._loss(run.forward(run.x + delta), run.y, run.labels_target)
                 delta, value = run.shrink(delta, value)
                 for i in run.steps(self.max_queries - (2 if r == 0 else 1)):
-                    p = p_schedule(i, self.max_queries, self.p_init)
+                    p = p_schedule(i, self.max_queries, self.p_init, self.rescale)
                     new = candidate(run, delta, p)
                     new_value = self._loss(run.forward(run.x + new), run.y, run.labels_target)
                     better = new_value > value
