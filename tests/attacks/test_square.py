@@ -75,8 +75,8 @@ def test_p_schedule_halves_at_the_papers_thresholds() -> None:
         p / 2,
         p / 2,
         p / 4,
-        p / 32,
         p / 64,
+        p / 128,
     ]
     with pytest.raises(ValueError, match="rescale"):
         Square(ThreatModel("l2", 1.0), rescale=1)  # type: ignore[arg-type]
@@ -277,6 +277,7 @@ def test_params_and_registry_attributes() -> None:
         "p_init": 0.3,
         "restarts": 1,
         "loss": "ce",
+        "rescale": True,
     }
 
 
