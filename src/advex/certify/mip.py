@@ -22,7 +22,7 @@ optimization problems solved by HiGHS:
   as its dual bound is > 0 (proved for j) or it holds an incumbent ≤ 0 (a counterexample
   candidate). On the bundled MNIST MLP the LP step decides most samples in a tenth of the time
   HiGHS's MIP needs to reach its first callback (presolve and root cuts); at ε = 0.05 the cut
-  rounds prove in a tenth of a second classes that take the MILP seconds.
+  rounds prove many of the classes the plain LP leaves open, before any MILP.
 * ``solve_property`` — the VNN-LIB question ∃ x ∈ [l, u] with f(x) ∈ ∪_d {z : A_d z ≤ b_d}? Per
   disjunct, min t s.t. t ≥ (A_d z − b_d)_m for every row m: "sat" iff the minimum is ≤ 0.
   ``verify`` is this machinery with the misclassification disjuncts (one row each, so t is the
