@@ -28,11 +28,13 @@ def _mlp(seed: int, d: int = 64, hidden: int = 16, k: int = 10) -> nn.Module:
 
 
 @pytest.fixture
-def no_line_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Switch off the final segment search of minimum-norm attacks (tests of the algorithm)."""
+def bare_min_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switch off the final segment search and the outward margin of minimum-norm attacks
+    (tests of the algorithm: the point the attack itself found is returned)."""
     from advex.attacks.base import MinNormAttack
 
     monkeypatch.setattr(MinNormAttack, "line_search_steps", 0)
+    monkeypatch.setattr(MinNormAttack, "boundary_margin", 0.0)
 
 
 @pytest.fixture

@@ -85,16 +85,20 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     free mass Σ_{not S} v_i², s² ← (eps² − B)/A. Saturation only lowers ‖clip(s·v)‖, so every
     iterate stays feasible and s grows monotonically until S stops changing (3–4 iterations in
     practice). Rows not settled after ``_NEWTON_STEPS`` fall back to the sort-based solution.
+    The element-wise work is float arithmetic only (masks as 0/1 floats from ``sign``): on the
+    CPU, comparisons, bool tensors and ``where`` cost several times a multiply.
     """
-    a2 = v.square()
-    b2 = torch.where(v > 0, hi, -lo).clamp_min(0).square()
-    ratio = b2 / a2.clamp_min(_TINY)  # element i saturates once s² ≥ b_i²/v_i²
-    total_a2 = a2.sum(dim=1, keepdim=True)
+    positive = v.sign().clamp_min(0)  # 1 where v > 0
+    b2 = (positive * (hi + lo) - lo).clamp_min(0).square()  # b_i = hi_i if v_i > 0 else −lo_i
+    # elements with b_i = 0 are saturated for every s: leaving their mass out of A from the
+    # start makes the first guess s² = eps²/A close (often exact) and saves Newton iterations
+    a2 = v.square() * b2.sign()
+    ratio = b2 / a2.clamp_min(_TINY)  # element i saturates once s² > b_i²/v_i²
     eps2 = eps.square()
-    s2 = (eps2 / total_a2.clamp_min(_TINY)).clamp(max=1.0)
+    s2 = (eps2 / a2.sum(dim=1, keepdim=True).clamp_min(_TINY)).clamp(max=1.0)
     settled = torch.zeros_like(s2, dtype=torch.bool)
     for _ in range(_NEWTON_STEPS):
-        sat = (ratio <= s2).to(v.dtype)
+        sat = (s2 - ratio).sign().clamp_min(0)  # at s² = ratio both sides give the same norm
         sat_b2 = (b2 * sat).sum(dim=1, keepdim=True)
         free_a2 = (a2 * (1 - sat)).sum(dim=1, keepdim=True)  # not total − saturated: cancels
         nxt = ((eps2 - sat_b2).clamp_min(0) / free_a2.clamp_min(_TINY)).clamp(max=1.0)

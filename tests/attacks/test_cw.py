@@ -3,6 +3,8 @@ best-so-far across runs, early stop with ε, and the L0 attack's sparsity."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 from torch import nn
@@ -77,7 +79,9 @@ def test_l2_targeted_reaches_the_target() -> None:
 def test_l2_too_small_initial_const_still_succeeds() -> None:
     """c₀ = 10⁻⁸ fails at first; ×10 per run until it succeeds, then bisection."""
     model, x, y = linear()
-    few = CWL2(ThreatModel("l2"), steps=50, initial_const=1e-8, binary_search_steps=2)
+    few = CWL2(
+        ThreatModel("l2"), steps=50, initial_const=1e-8, binary_search_steps=2, reuse_budget=False
+    )
     many = CWL2(ThreatModel("l2"), steps=50, initial_const=1e-8, binary_search_steps=12)
     assert not bool(few(model, x, y).success.any())
     res = many(model, x, y)
@@ -102,10 +106,67 @@ def test_l2_constants_are_searched_per_sample(monkeypatch: pytest.MonkeyPatch) -
     assert final.unique().numel() > 1, "every sample ended with the same constant"
 
 
+class _Runs(ConstantSearch):
+    """Counts the runs each sample ends (``update`` is called once per ended run)."""
+
+    log: ClassVar[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+
+    def update(self, rows: torch.Tensor, success: torch.Tensor) -> None:
+        super().update(rows, success)
+        _Runs.log.append((rows.clone(), self.lower[rows].clone(), self.upper[rows].clone()))
+
+
+def _runs_per_sample(monkeypatch, attack: CWL2, model, x, y):
+    _Runs.log = []
+    monkeypatch.setattr(cw, "ConstantSearch", _Runs)
+    res = attack(model, x, y)
+    runs = torch.zeros(len(x), dtype=torch.long)
+    for rows, _, _ in _Runs.log:
+        runs[rows] += 1
+    return res, runs
+
+
+def test_l2_paper_mode_runs_exactly_binary_search_steps(monkeypatch) -> None:
+    model, x, y = linear()
+    attack = CWL2(ThreatModel("l2"), steps=40, binary_search_steps=5, reuse_budget=False)
+    res, runs = _runs_per_sample(monkeypatch, attack, model, x, y)
+    assert runs.tolist() == [5] * len(x)
+    assert bool((res.gradients <= 5 * 40).all())
+
+
+def test_l2_reuse_budget_spends_saved_iterations_on_more_runs(monkeypatch) -> None:
+    """Runs on a linear model abort early, so the default fits more than 9 runs into the same
+    per-sample bound of binary_search_steps × steps iterations; each sample stops once c is
+    bracketed to c_precision, and never does worse than the paper's exactly-9 runs."""
+    model, x, y = linear()
+    paper = CWL2(ThreatModel("l2"), steps=200, reuse_budget=False)(model, x, y)
+    attack = CWL2(ThreatModel("l2"), steps=200, c_precision=0.01)
+    res, runs = _runs_per_sample(monkeypatch, attack, model, x, y)
+    assert bool(res.success.all())
+    assert bool((runs > 9).any()), runs
+    assert bool((res.gradients <= 9 * 200).all())
+    assert bool((res.distance <= paper.distance * (1 + 1e-3)).all())
+    # each sample stopped with c bracketed to 1 % (or at the iteration bound)
+    lower, upper = torch.zeros(len(x)), torch.full((len(x),), float("inf"))
+    for rows, lo, up in _Runs.log:
+        lower[rows], upper[rows] = lo, up
+    bracketed = (upper - lower) <= 0.01 * upper
+    assert bool((bracketed | (res.gradients == 9 * 200)).all()), (lower, upper)
+    assert bool(bracketed.any())
+
+
+def test_l2_c_precision_is_checked() -> None:
+    with pytest.raises(ValueError, match="c_precision"):
+        CWL2(ThreatModel("l2"), c_precision=0.0)
+    with pytest.raises(ValueError, match="reuse_budget"):
+        CWL2(ThreatModel("l2"), reuse_budget=1)  # type: ignore[arg-type]
+
+
 def test_l2_returns_the_closest_evaluated_success_over_all_runs(monkeypatch) -> None:
     """The result is the closest adversarial point among *all* evaluated iterates of all runs
     (the tracker's best), not the last run's last iterate (final line search switched off)."""
     monkeypatch.setattr(CWL2, "line_search_steps", 0)
+    monkeypatch.setattr(CWL2, "boundary_margin", 0.0)
     model, x, y = linear(b=4)
     points: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -116,7 +177,8 @@ def test_l2_returns_the_closest_evaluated_success_over_all_runs(monkeypatch) -> 
             return z
 
     # sample i of every evaluated batch: match rows by their clean input (rows shrink)
-    res = CWL2(ThreatModel("l2"), steps=30, binary_search_steps=5)(Logged(), x, y)
+    attack = CWL2(ThreatModel("l2"), steps=30, binary_search_steps=5, reuse_budget=False)
+    res = attack(Logged(), x, y)
     best = torch.full((len(x),), float("inf"))
     last = torch.full((len(x),), float("nan"))
     for v, pred in points[1:-1]:  # skip the clean pass and finalize's re-check

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from advex import ThreatModel
+from advex.attacks.base import MinNormAttack
 from advex.attacks.deepfool import DeepFool
 from advex.evaluate.metrics import rho_adv
 
@@ -55,7 +56,7 @@ def closed_form(w, b, x, y, q: float, margin: float = 1e-4) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("norm", "q"), [("l2", 2.0), ("linf", 1.0)])
-def test_binary_affine_is_exact_in_one_step(norm: str, q: float, no_line_search) -> None:
+def test_binary_affine_is_exact_in_one_step(norm: str, q: float, bare_min_norm) -> None:
     """f = wᵀx + b: r* = −f/‖w‖²·w (L2), −f/‖w‖₁·sign(w) (L∞); one jacobian, two gradients."""
     model, w, b, x, y = affine(2)
     threat = ThreatModel(norm, bounds=WIDE)
@@ -81,7 +82,7 @@ def test_binary_affine_is_exact_in_one_step(norm: str, q: float, no_line_search)
 @pytest.mark.parametrize(("norm", "q"), [("l2", 2.0), ("linf", 1.0)])
 @pytest.mark.parametrize("projections", [0, 1])
 def test_multiclass_affine_reaches_the_closest_boundary(
-    norm, q, projections, no_line_search
+    norm, q, projections, bare_min_norm
 ) -> None:
     model, w, b, x, y = affine(6, seed=1)
     want = closed_form(w, b, x, y, q)
@@ -99,15 +100,39 @@ def test_multiclass_affine_reaches_the_closest_boundary(
 @pytest.mark.parametrize(("norm", "q"), [("l2", 2.0), ("linf", 1.0)])
 def test_the_final_line_search_trims_the_overshoot(norm: str, q: float) -> None:
     """With the default segment search, the 2 % overshoot is bisected away: the distance lands
-    within 2⁻¹⁶ (16 bisections) of the exact minimum, never below it."""
+    within 2⁻¹⁶ (16 bisections) of the exact minimum, never below it, and the returned point
+    lies the outward margin (10⁻⁴ of δ) past that."""
     model, w, b, x, y = affine(6, seed=1)
     exact = closed_form(w, b, x, y, q, margin=0)
     res = DeepFool(ThreatModel(norm, bounds=WIDE))(model, x, y)
     assert bool(res.success.all())
     d = res.distance.double()
-    assert bool((d >= exact - 1e-6).all())
-    assert bool((d <= exact * (1 + 1.03 / 2**16) + 1e-5).all())
+    out = 1 + MinNormAttack.boundary_margin
+    assert MinNormAttack.boundary_margin == 1e-4
+    assert bool((d >= exact * out - 1e-6).all())
+    assert bool((d <= exact * (1 + 1.03 / 2**16) * out + 1e-5).all())
     assert bool((res.queries >= 16).all())  # the 16 forward passes of the bisection
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_returned_points_clear_the_boundary_by_the_margin(norm: str, monkeypatch) -> None:
+    """The point is x + (1 + 10⁻⁴)·δ for the δ the attack ended with: on an affine model the
+    logit margin grows by 10⁻⁴ of the clean gap, far past float noise, so another batch size
+    or memory layout agrees that the point is adversarial."""
+    model, _, _, x, y = affine(6, seed=1)
+    res = DeepFool(ThreatModel(norm, bounds=WIDE))(model, x, y)
+    monkeypatch.setattr(MinNormAttack, "boundary_margin", 0.0)
+    tight = DeepFool(ThreatModel(norm, bounds=WIDE))(model, x, y)
+    torch.testing.assert_close(res.x_adv - x, (1 + 1e-4) * (tight.x_adv - x), rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        z, z0 = model(res.x_adv).double(), model(x).double()
+    own = z.gather(1, y[:, None]).squeeze(1)
+    best_other = z.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    gap = z0.gather(1, y[:, None]).squeeze(1) - z0.scatter(1, y[:, None], -math.inf).amax(1)
+    assert bool((best_other - own > 0.5e-4 * gap).all())
+    # each point alone, a sample at a time, is still adversarial
+    alone = torch.cat([model(res.x_adv[i : i + 1]).argmax(1) for i in range(len(x))])
+    assert bool((alone != y).all())
 
 
 def test_candidates_limit_the_classes_and_the_gradients() -> None:
@@ -122,7 +147,7 @@ def test_candidates_limit_the_classes_and_the_gradients() -> None:
     assert bool((two.distance > all_classes.distance + 1e-4).any())
 
 
-def test_blocked_coordinates_do_not_waste_the_step(no_line_search) -> None:
+def test_blocked_coordinates_do_not_waste_the_step(bare_min_norm) -> None:
     """Inputs at 0 where w pushes below 0 cannot move: the step uses the free ones only.
 
     Binary f = wᵀx + b with x_i = 0 and w_i < 0 on the first half: the minimal perturbation in

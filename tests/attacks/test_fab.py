@@ -103,7 +103,7 @@ def test_fab_t_tries_more_targets_and_breaks_more(digits) -> None:
     assert torch.equal(nine.x_adv[broken], one.x_adv[broken]), "finished samples never rerun"
 
 
-def test_fab_t_without_eps_keeps_the_smallest_over_all_targets(digits, no_line_search) -> None:
+def test_fab_t_without_eps_keeps_the_smallest_over_all_targets(digits, bare_min_norm) -> None:
     x, y = digits.x[:16], digits.y[:16]
     one = FABT(ThreatModel("l2"), steps=20, n_target_classes=1)(digits.model, x, y)
     three = FABT(ThreatModel("l2"), steps=20, n_target_classes=3)(digits.model, x, y)
@@ -119,7 +119,7 @@ def test_restarts_without_eps_shrink_the_distance(digits) -> None:
     assert more.gradients.tolist() == [3 * 10 * 10] * 16  # all samples, every restart
 
 
-def test_query_accounting(digits, no_line_search) -> None:
+def test_query_accounting(digits, bare_min_norm) -> None:
     """Per step: one Jacobian of the classes linearized (1 forward, 10 backward for all) and one
     forward of the new iterate."""
     x, y = digits.x[:8], digits.y[:8]

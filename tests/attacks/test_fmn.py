@@ -92,7 +92,7 @@ def test_levels_returns_grid_points_that_succeed(digits) -> None:
     assert bool(((k - k.round()).abs() < 1e-3).all())
 
 
-def test_query_accounting_and_batching(digits, no_line_search) -> None:
+def test_query_accounting_and_batching(digits, bare_min_norm) -> None:
     """One forward + backward per step, one clean forward and one of the last iterate; a
     sample's result does not depend on the batch it runs in; same call, same result."""
     x, y = digits.x[:12], digits.y[:12]

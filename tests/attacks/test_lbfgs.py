@@ -166,7 +166,7 @@ def test_search_is_geometric_both_ways_then_bisects_log_c() -> None:
     torch.testing.assert_close(search.c[2], torch.tensor(10**0.75, dtype=torch.float64))
 
 
-def test_search_moves_the_constant_the_right_way(binary, no_line_search) -> None:
+def test_search_moves_the_constant_the_right_way(binary, bare_min_norm) -> None:
     """From a huge c₀ the minimizer is δ ≈ 0 (a failure; only L-BFGS-B's first trial step of
     length 1 crosses the boundary), so the search must lower c; from a tiny c₀ the first
     minimizer is far beyond the boundary, so it must raise c. Later solves repeat the first
@@ -233,7 +233,7 @@ def test_batched_equals_per_sample(tiny_mlp: nn.Module, images: Tensor) -> None:
     assert torch.equal(together.queries, alone.queries)
 
 
-def test_grid_levels_and_bookkeeping(tiny_mlp: nn.Module, images: Tensor, no_line_search) -> None:
+def test_grid_levels_and_bookkeeping(tiny_mlp: nn.Module, images: Tensor, bare_min_norm) -> None:
     """8-bit outputs still succeed; every evaluation is one forward + one backward."""
     y = predicted(tiny_mlp, images)
     res = LBFGS(ThreatModel("l2", levels=256), search_steps=4, max_iter=20)(tiny_mlp, images, y)

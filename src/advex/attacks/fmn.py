@@ -181,12 +181,12 @@ class FMN(MinNormAttack):
                 )
             eps = torch.minimum(eps, worst)
             if norm == "linf":
-                step = grad.sign() * eps.view(view)
-            else:
-                step = grad / grad.flatten(1).norm(dim=1).clamp_min(_TINY).view(view)
+                delta = delta + grad.sign() * (alpha * eps).view(view)
+            else:  # one scale per sample: α·g/‖g‖₂ (times ε for L2)
+                scale = alpha / grad.flatten(1).norm(dim=1).clamp_min(_TINY)
                 if norm == "l2":
-                    step = step * eps.view(view)
-            delta = delta + alpha * step
+                    scale = scale * eps
+                delta = delta + grad * scale.view(view)
             delta = project_ball(delta, x, norm, eps, threat.bounds)
         if run.n_active:
             with torch.no_grad():
