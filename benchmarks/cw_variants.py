@@ -44,7 +44,11 @@ def main() -> None:
         help=f"advex variants to run, from {', '.join(VARIANTS)} (Foolbox always runs)",
     )
     args = p.parse_args()
-    variants = {k: VARIANTS[k] for k in args.variants.split(",") if k}
+    names = [k for k in args.variants.split(",") if k]
+    unknown = [k for k in names if k not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    variants = {k: VARIANTS[k] for k in names}
     torch.set_num_threads(args.threads)
     x, y = data.load("mnist5k", split="test")
     x, y = x[: args.n], y[: args.n]

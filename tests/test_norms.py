@@ -300,6 +300,19 @@ def test_other_bounds() -> None:
         torch.testing.assert_close(got, reference(v, x, norm, eps, bounds), atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("bounds", [(-math.inf, 0.6), (0.0, math.inf), (-math.inf, math.inf)])
+def test_l2_projection_with_an_unbounded_side(bounds) -> None:
+    """A box open on one or both sides (``InputDomain`` allows it): no 0·∞ turns into NaN, and
+    the projection still equals the reference."""
+    g = torch.Generator().manual_seed(4)
+    x = 0.5 * torch.rand(20, 12, generator=g)
+    v = torch.randn(20, 12, generator=g)
+    got = project_ball(v, x, "l2", 0.7, bounds)
+    assert not bool(torch.isnan(got).any())
+    want = reference(v, x, "l2", 0.7, bounds).to(got.dtype)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
 def test_unknown_norm_raises() -> None:
     v = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="norm"):

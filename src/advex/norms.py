@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 _NEWTON_STEPS = 20
+#: A distance to the box's side that no perturbation reaches, standing in for an infinite one;
+#: its square is finite in float32.
+_FAR = 1e18
 _TINY = 1e-12
 
 
@@ -88,8 +91,9 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     The element-wise work is float arithmetic only (masks as 0/1 floats from ``sign``): on the
     CPU, comparisons, bool tensors and ``where`` cost several times a multiply.
     """
-    positive = v.sign().clamp_min(0)  # 1 where v > 0
-    b2 = (positive * (hi + lo) - lo).clamp_min(0).square()  # b_i = hi_i if v_i > 0 else −lo_i
+    # b_i = hi_i if v_i > 0 else −lo_i (0 where v_i = 0, which changes nothing), capped at
+    # _FAR so that b² stays finite for an unbounded box (0·∞ would turn the sums into NaN)
+    b2 = torch.minimum(torch.maximum(v.sign() * _FAR, lo), hi).abs().square()
     # elements with b_i = 0 are saturated for every s: leaving their mass out of A from the
     # start makes the first guess s² = eps²/A close (often exact) and saves Newton iterations
     a2 = v.square() * b2.sign()

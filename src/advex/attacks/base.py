@@ -647,9 +647,11 @@ class MinNormAttack(Attack):
 
     The bisection leaves a point within 2⁻¹⁶‖δ‖ of the boundary, where logits can tie to the
     last bit: a re-check with another batch size or memory layout (the user's own) may then
-    see the clean class. So every successful point is returned at x + (1 + 10⁻⁴)·δ
-    (``boundary_margin``), which moves the logit margin well past float noise; the reported
-    distance is that point's.
+    see the clean class. So without an eps every successful point is returned at
+    x + (1 + 10⁻⁴)·δ (``boundary_margin``, applied by ``advex.result.finalize``; not for L0,
+    where scaling changes no distance, nor for attacks with their own ``metric``), which moves
+    the logit margin well past float noise; the reported distance is that point's. With
+    ``levels`` the moved point is rounded to the grid again and re-checked there.
     """
 
     needs_eps: ClassVar[bool] = False
