@@ -88,30 +88,40 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     free mass Σ_{not S} v_i², s² ← (eps² − B)/A. Saturation only lowers ‖clip(s·v)‖, so every
     iterate stays feasible and s grows monotonically until S stops changing (3–4 iterations in
     practice). Rows not settled after ``_NEWTON_STEPS`` fall back to the sort-based solution.
-    The element-wise work is float arithmetic only (masks as 0/1 floats from ``sign``): on the
-    CPU, comparisons, bool tensors and ``where`` cost several times a multiply.
+    The element-wise work is float arithmetic into reused buffers (masks as 0/1 floats written
+    by ``gt`` into a float tensor): on the CPU, bool tensors, ``where`` and fresh allocations
+    cost several times a multiply.
     """
     # b_i = hi_i if v_i > 0 else −lo_i (0 where v_i = 0, which changes nothing), capped at
     # _FAR so that b² stays finite for an unbounded box (0·∞ would turn the sums into NaN)
-    b2 = torch.minimum(torch.maximum(v.sign() * _FAR, lo), hi).abs().square()
+    b2 = torch.clamp(v.sign().mul_(_FAR), lo, hi).square_()
     # elements with b_i = 0 are saturated for every s: leaving their mass out of A from the
     # start makes the first guess s² = eps²/A close (often exact) and saves Newton iterations
-    a2 = v.square() * b2.sign()
+    a2 = v.square().mul_(b2.sign())
     ratio = b2 / a2.clamp_min(_TINY)  # element i saturates once s² > b_i²/v_i²
     eps2 = eps.square()
     s2 = (eps2 / a2.sum(dim=1, keepdim=True).clamp_min(_TINY)).clamp(max=1.0)
     settled = torch.zeros_like(s2, dtype=torch.bool)
+    sat, free = torch.empty_like(v), torch.empty_like(v)  # 0/1 masks, reused every iteration
+    count = None
     for _ in range(_NEWTON_STEPS):
-        sat = (s2 - ratio).sign().clamp_min(0)  # at s² = ratio both sides give the same norm
-        sat_b2 = (b2 * sat).sum(dim=1, keepdim=True)
-        free_a2 = (a2 * (1 - sat)).sum(dim=1, keepdim=True)  # not total − saturated: cancels
+        torch.gt(s2, ratio, out=sat)  # at s² = ratio both sides give the same norm
+        # S only grows, so an unchanged count is an unchanged S: s² is final without the sums
+        n_sat = sat.sum(dim=1, keepdim=True)
+        if count is not None and bool((n_sat == count).all()):
+            settled = torch.ones_like(settled)
+            break
+        count = n_sat
+        sat_b2 = torch.linalg.vecdot(b2, sat).unsqueeze(1)
+        # the free mass summed directly, not total − saturated (that cancels in float32)
+        free_a2 = torch.linalg.vecdot(a2, torch.sub(1, sat, out=free)).unsqueeze(1)
         nxt = ((eps2 - sat_b2).clamp_min(0) / free_a2.clamp_min(_TINY)).clamp(max=1.0)
         nxt = torch.where(free_a2 > _TINY, torch.maximum(nxt, s2), s2)
         settled = nxt <= s2 * (1 + 1e-6)
         s2 = nxt
         if bool(settled.all()):
             break
-    out = torch.minimum(torch.maximum(s2.sqrt() * v, lo), hi)
+    out = torch.clamp(s2.sqrt() * v, lo, hi)
     if not bool(settled.all()):
         out = torch.where(settled, out, _project_l2_sorted(v, eps, lo, hi))
     return _shrink_into(out, eps, "l2")
@@ -185,8 +195,10 @@ def _project_l0(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 def _shrink_into(delta: Tensor, eps: Tensor, norm: str) -> Tensor:
     """Scale rows whose norm exceeds eps by floating-point error back inside (stays in the box)."""
     n = lp_norm(delta, norm).unsqueeze(1)
-    scale = torch.where(n > eps, eps / n.clamp_min(_TINY), torch.ones_like(n))
-    return delta * scale
+    over = n > eps
+    if not bool(over.any()):  # the common case: no pass over δ
+        return delta
+    return delta * torch.where(over, eps / n.clamp_min(_TINY), torch.ones_like(n))
 
 
 _PROJECTIONS = {"linf": _project_linf, "l2": _project_l2, "l1": _project_l1, "l0": _project_l0}

@@ -212,8 +212,8 @@ class Tracker:
         ``x``: the clean points x_adv belongs to (default: the active rows' x)."""
         lo, hi = self.threat.bounds
         if self.threat.levels is None and x_adv.numel():
-            bound = x_adv.detach()
-            inside = float(bound.min()) >= lo and float(bound.max()) <= hi
+            low, high = torch.aminmax(x_adv.detach())
+            inside = float(low) >= lo and float(high) <= hi
             if inside:  # the common case: the attack kept its iterate in the box already
                 return x_adv
         clipped = x_adv.detach().clamp(lo, hi)

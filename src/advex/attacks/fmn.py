@@ -166,6 +166,7 @@ class FMN(MinNormAttack):
                 return
             x = run.x
             adv_found = adv_found | is_adv
+            grad_l2 = grad.flatten(1).norm(dim=1)
             # the smallest adversarial norm so far (inf if none), as the tracker measured it
             smaller = torch.minimum(eps, run.best_distance[run.rows])
             if norm == "l0":
@@ -173,7 +174,8 @@ class FMN(MinNormAttack):
                 grown = torch.maximum(eps + 1, torch.floor(eps * (1 + gamma)))
                 eps = torch.where(is_adv, shrunk, grown).clamp_min(1)
             else:
-                to_boundary = values.abs() / lp_norm(grad, _DUAL[norm]).clamp_min(_TINY)
+                dual = grad_l2 if norm == "l2" else lp_norm(grad, _DUAL[norm])
+                to_boundary = values.abs() / dual.clamp_min(_TINY)
                 eps = torch.where(
                     is_adv,
                     smaller * (1 - gamma),
@@ -183,10 +185,10 @@ class FMN(MinNormAttack):
             if norm == "linf":
                 delta = delta + grad.sign() * (alpha * eps).view(view)
             else:  # one scale per sample: α·g/‖g‖₂ (times ε for L2)
-                scale = alpha / grad.flatten(1).norm(dim=1).clamp_min(_TINY)
+                scale = alpha / grad_l2.clamp_min(_TINY)
                 if norm == "l2":
                     scale = scale * eps
-                delta = delta + grad * scale.view(view)
+                delta = torch.addcmul(delta, grad, scale.view(view))
             delta = project_ball(delta, x, norm, eps, threat.bounds)
         if run.n_active:
             with torch.no_grad():
