@@ -3,61 +3,134 @@ samples — the ones advex's APGD-CE, APGD-T and FAB-T leave robust.
 
 On ``mnist_cnn_pgd``, the first ``--n`` mnist5k test images, L2 ε = 2: advex ``standard`` runs
 once (seed 0); the samples that reach its Square member (broken by Square, or robust at the end)
-are then attacked by advex's ``Square`` and by torchattacks' ``Square`` (5000 queries, one
-restart, margin loss) with several seeds each, and the samples each breaks are counted here;
-advex's Square runs with its p schedule rescaled to the 5000 queries (torchattacks' default)
-and not rescaled (AutoAttack's own ensemble).
+are then attacked by torchattacks' ``Square`` (5000 queries, one restart, margin loss, its
+default rescaled p schedule, as in its AutoAttack) and by advex's ``Square`` in each of the
+``--variants``, with every seed of ``--seeds``; the samples each breaks are counted here (a
+fresh forward pass, inside the ε-ball) and summarized as mean ± standard deviation over seeds:
 
-Run: ``python benchmarks/square_leftover.py``.
+* ``advex``: advex's defaults (p schedule rescaled to 5000 queries);
+* ``not-rescaled``: the 10 000-query thresholds as they are (AutoAttack's own ensemble);
+* ``reference-range``: windows drawn with their top-left corner in [0, h − s) × [0, w − s),
+  the range of the reference code and of torchattacks (no window touches the last row or
+  column), instead of advex's [0, h − s] × [0, w − s].
+
+Run: ``python benchmarks/square_leftover.py`` (about 2 minutes per seed and variant).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
+from torch import Tensor, nn
 
 from advex import ThreatModel, data, zoo
 from advex.attacks import Square, standard
+from advex.attacks.blackbox import square as square_module
 from common import predict
+
+EPS = 2.0
+
+
+@contextmanager
+def reference_range() -> Iterator[None]:
+    """advex's Square with window corners in [0, h − s) (the reference's range) while active."""
+    original = square_module._window
+
+    def short(b: int, s: int, h: int, w: int, run):  # type: ignore[no-untyped-def]
+        dev = run.x.device
+        top = run.randint(max(h - s, 1), 1)
+        left = run.randint(max(w - s, 1), 1)
+        rows = torch.arange(h, device=dev) - top
+        cols = torch.arange(w, device=dev) - left
+        inside_r = (rows >= 0) & (rows < s)
+        inside_c = (cols >= 0) & (cols < s)
+        return inside_r[:, None, :, None] & inside_c[:, None, None, :], rows, cols
+
+    square_module._window = short
+    try:
+        yield
+    finally:
+        square_module._window = original
+
+
+def advex_square(variant: str) -> Callable[[nn.Module, Tensor, Tensor, int], Tensor]:
+    threat = ThreatModel("l2", EPS)
+
+    def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Tensor:
+        attack = Square(
+            threat,
+            max_queries=5000,
+            seed=seed,
+            batch_size=500,
+            rescale=variant != "not-rescaled",
+        )
+        if variant == "reference-range":
+            with reference_range():
+                return attack(model, x, y).x_adv
+        return attack(model, x, y).x_adv
+
+    return run
+
+
+def torchattacks_square(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Tensor:
+    import torchattacks as ta
+
+    return ta.Square(model, norm="L2", eps=EPS, n_queries=5000, seed=seed, n_restarts=1)(x, y)
+
+
+VARIANTS = ("advex", "not-rescaled", "reference-range")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", default="10,11,12,13,14")
+    p.add_argument("--variants", default="advex,reference-range")
+    p.add_argument("--no-torchattacks", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    import torchattacks as ta
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
 
     x, y = data.load("mnist5k", split="test")
     x, y = x[: args.n], y[: args.n]
     model = zoo.load("mnist_cnn_pgd").module.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
-    threat = ThreatModel("l2", 2.0)
-    res = standard(threat, seed=0, batch_size=500)(model, x, y)
+    res = standard(ThreatModel("l2", EPS), seed=0, batch_size=500)(model, x, y)
     square = res.members.index("square")
     rows = ((res.broken_by == square) | (res.pred == y)).nonzero().squeeze(1)
     xs, ys = x[rows], y[rows]
     print(
         f"{len(rows)} samples reach Square in advex standard (seed 0); it broke "
-        f"{int((res.broken_by == square).sum())}"
+        f"{int((res.broken_by == square).sum())}",
+        flush=True,
     )
-    for seed in (int(s) for s in args.seeds.split(",")):
-        out = ta.Square(model, norm="L2", eps=2.0, n_queries=5000, seed=seed, n_restarts=1)(xs, ys)
-        inside = (out - xs).flatten(1).norm(dim=1) <= 2.0 + 1e-5
-        t_broke = int(((predict(model, out) != ys) & inside).sum())
-        a = Square(threat, max_queries=5000, seed=seed + 10, batch_size=500)(model, xs, ys)
-        b = Square(threat, max_queries=5000, seed=seed + 10, batch_size=500, rescale=False)(
-            model, xs, ys
-        )
-        print(
-            f"seed {seed}: torchattacks Square broke {t_broke}; advex Square (seed "
-            f"{seed + 10}) broke {int((a.pred != ys).sum())}, with AutoAttack's schedule "
-            f"(not rescaled) {int((b.pred != ys).sum())}"
-        )
+    runners: dict[str, Callable[[nn.Module, Tensor, Tensor, int], Tensor]] = {}
+    if not args.no_torchattacks:
+        runners["torchattacks"] = torchattacks_square
+    runners.update({f"advex {v}": advex_square(v) for v in variants})
+    broke: dict[str, list[int]] = {k: [] for k in runners}
+    for seed in seeds:
+        for name, runner in runners.items():
+            out = runner(model, xs, ys, seed)
+            inside = (out - xs).flatten(1).norm(dim=1) <= EPS + 1e-5
+            in_box = (out.flatten(1).amin(1) >= 0) & (out.flatten(1).amax(1) <= 1)
+            n = int(((predict(model, out) != ys) & inside & in_box).sum())
+            broke[name].append(n)
+            print(f"seed {seed}: {name} broke {n}", flush=True)
+    print(f"\nbroken among the {len(rows)} samples, over seeds {seeds}:")
+    for name, counts in broke.items():
+        sd = statistics.stdev(counts) if len(counts) > 1 else 0.0
+        print(f"{name:<28} mean {statistics.mean(counts):7.2f}  sd {sd:5.2f}  {counts}")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def test_blackbox_stronger_fires_on_a_staircase(digits):
     assert f.fired, f.message
     assert f.value == pytest.approx(float((res.broken_by == 1).float().mean()))
     # a plain model: the white-box attacks break what can be broken, Square adds nothing
-    white = [APGD(threat), APGDT(threat, n_target_classes=3)]
+    white = [APGD(threat), APGDT(threat)]
     res = Ensemble(threat, [*white, Square(threat, max_queries=300)])(
         digits.model, digits.x, digits.y
     )
