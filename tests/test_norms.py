@@ -313,6 +313,22 @@ def test_l2_projection_with_an_unbounded_side(bounds) -> None:
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("norm", NORMS)
+def test_projection_of_a_tensor_that_requires_grad(norm: str) -> None:
+    """Projecting a δ that requires grad (e.g. inside a training loop) gives the same point
+    and a gradient, and leaves the input untouched."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 10, generator=g)
+    v = (2 * torch.randn(6, 10, generator=g)).requires_grad_(True)
+    before = v.detach().clone()
+    got = project_ball(v, x, norm, 1.2, BOUNDS)
+    torch.testing.assert_close(got.detach(), project_ball(before, x, norm, 1.2, BOUNDS))
+    assert torch.equal(v.detach(), before)
+    if got.requires_grad:
+        (grad,) = torch.autograd.grad(got.sum(), v)
+        assert bool(torch.isfinite(grad).all())
+
+
 def test_unknown_norm_raises() -> None:
     v = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="norm"):

@@ -88,21 +88,28 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     free mass Σ_{not S} v_i², s² ← (eps² − B)/A. Saturation only lowers ‖clip(s·v)‖, so every
     iterate stays feasible and s grows monotonically until S stops changing (3–4 iterations in
     practice). Rows not settled after ``_NEWTON_STEPS`` fall back to the sort-based solution.
-    The element-wise work is float arithmetic into reused buffers (masks as 0/1 floats written
-    by ``gt`` into a float tensor): on the CPU, bool tensors, ``where`` and fresh allocations
-    cost several times a multiply.
+    The element-wise work is float arithmetic, in place or into five buffers reused by every
+    iteration (masks as 0/1 floats written by ``gt`` into a float tensor): on the CPU, bool
+    tensors, ``where`` and freshly allocated memory cost several times a multiply.
     """
+    # s comes from detached copies (``out=`` buffers do not support autograd); a caller that
+    # differentiates gets the gradient of clip(s·v) with s held fixed
+    grad = v.requires_grad or lo.requires_grad or hi.requires_grad
+    v_in, lo_in, hi_in = v, lo, hi
+    v, lo, hi = v.detach(), lo.detach(), hi.detach()
     # b_i = hi_i if v_i > 0 else −lo_i (0 where v_i = 0, which changes nothing), capped at
     # _FAR so that b² stays finite for an unbounded box (0·∞ would turn the sums into NaN)
-    b2 = torch.clamp(v.sign().mul_(_FAR), lo, hi).square_()
+    b2 = v.sign().mul_(_FAR).clamp_(lo, hi).square_()
+    sat, free = torch.sign(b2), torch.empty_like(v)  # 0/1 masks, reused every iteration
     # elements with b_i = 0 are saturated for every s: leaving their mass out of A from the
     # start makes the first guess s² = eps²/A close (often exact) and saves Newton iterations
-    a2 = v.square().mul_(b2.sign())
-    ratio = b2 / a2.clamp_min(_TINY)  # element i saturates once s² > b_i²/v_i²
+    a2 = v.square().mul_(sat)
+    # element i saturates once s² > b_i²/v_i² (0/0 = NaN where b_i = v_i = 0: never counted
+    # as saturated, and its a_i² = 0 adds nothing to the free mass either)
+    ratio = b2 / a2
     eps2 = eps.square()
     s2 = (eps2 / a2.sum(dim=1, keepdim=True).clamp_min(_TINY)).clamp(max=1.0)
     settled = torch.zeros_like(s2, dtype=torch.bool)
-    sat, free = torch.empty_like(v), torch.empty_like(v)  # 0/1 masks, reused every iteration
     count = None
     for _ in range(_NEWTON_STEPS):
         torch.gt(s2, ratio, out=sat)  # at s² = ratio both sides give the same norm
@@ -112,18 +119,21 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
             settled = torch.ones_like(settled)
             break
         count = n_sat
-        sat_b2 = torch.linalg.vecdot(b2, sat).unsqueeze(1)
+        sat_b2 = torch.mul(b2, sat, out=free).sum(dim=1, keepdim=True)
         # the free mass summed directly, not total − saturated (that cancels in float32)
-        free_a2 = torch.linalg.vecdot(a2, torch.sub(1, sat, out=free)).unsqueeze(1)
+        free_a2 = torch.sub(1, sat, out=free).mul_(a2).sum(dim=1, keepdim=True)
         nxt = ((eps2 - sat_b2).clamp_min(0) / free_a2.clamp_min(_TINY)).clamp(max=1.0)
         nxt = torch.where(free_a2 > _TINY, torch.maximum(nxt, s2), s2)
         settled = nxt <= s2 * (1 + 1e-6)
         s2 = nxt
         if bool(settled.all()):
             break
-    out = torch.clamp(s2.sqrt() * v, lo, hi)
+    if grad:
+        out = torch.clamp(v_in * s2.sqrt(), lo_in, hi_in)
+    else:
+        out = torch.mul(v, s2.sqrt(), out=free).clamp_(lo, hi)
     if not bool(settled.all()):
-        out = torch.where(settled, out, _project_l2_sorted(v, eps, lo, hi))
+        out = torch.where(settled, out, _project_l2_sorted(v_in, eps, lo_in, hi_in))
     return _shrink_into(out, eps, "l2")
 
 
