@@ -8,11 +8,11 @@ default rescaled p schedule, as in its AutoAttack) and by advex's ``Square`` in 
 ``--variants``, with every seed of ``--seeds``; the samples each breaks are counted here (a
 fresh forward pass, inside the ε-ball) and summarized as mean ± standard deviation over seeds:
 
-* ``advex``: advex's defaults (p schedule rescaled to 5000 queries);
+* ``advex``: advex's defaults (p schedule rescaled to 5000 queries; window corners in the
+  reference's range [0, h − s) × [0, w − s), as torchattacks);
 * ``not-rescaled``: the 10 000-query thresholds as they are (AutoAttack's own ensemble);
-* ``reference-range``: windows drawn with their top-left corner in [0, h − s) × [0, w − s),
-  the range of the reference code and of torchattacks (no window touches the last row or
-  column), instead of advex's [0, h − s] × [0, w − s].
+* ``all-positions``: window corners in [0, h − s] × [0, w − s] (all positions, so windows
+  may cover the last row and column: advex's range before it adopted the reference's).
 
 Run: ``python benchmarks/square_leftover.py`` (about 2 minutes per seed and variant).
 """
@@ -36,21 +36,22 @@ EPS = 2.0
 
 
 @contextmanager
-def reference_range() -> Iterator[None]:
-    """advex's Square with window corners in [0, h − s) (the reference's range) while active."""
+def all_positions() -> Iterator[None]:
+    """advex's Square with window corners in [0, h − s] (all h − s + 1 positions, advex's range
+    before it adopted the reference's [0, h − s)) while active."""
     original = square_module._window
 
-    def short(b: int, s: int, h: int, w: int, run):  # type: ignore[no-untyped-def]
+    def full(b: int, s: int, h: int, w: int, run):  # type: ignore[no-untyped-def]
         dev = run.x.device
-        top = run.randint(max(h - s, 1), 1)
-        left = run.randint(max(w - s, 1), 1)
+        top = run.randint(h - s + 1, 1)
+        left = run.randint(w - s + 1, 1)
         rows = torch.arange(h, device=dev) - top
         cols = torch.arange(w, device=dev) - left
-        inside_r = (rows >= 0) & (rows < s)
-        inside_c = (cols >= 0) & (cols < s)
-        return inside_r[:, None, :, None] & inside_c[:, None, None, :], rows, cols
+        inside_r = ((rows >= 0) & (rows < s)).to(run.x.dtype)
+        inside_c = ((cols >= 0) & (cols < s)).to(run.x.dtype)
+        return inside_r[:, None, :, None] * inside_c[:, None, None, :], rows, cols
 
-    square_module._window = short
+    square_module._window = full
     try:
         yield
     finally:
@@ -68,8 +69,8 @@ def advex_square(variant: str) -> Callable[[nn.Module, Tensor, Tensor, int], Ten
             batch_size=500,
             rescale=variant != "not-rescaled",
         )
-        if variant == "reference-range":
-            with reference_range():
+        if variant == "all-positions":
+            with all_positions():
                 return attack(model, x, y).x_adv
         return attack(model, x, y).x_adv
 
@@ -82,14 +83,14 @@ def torchattacks_square(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Te
     return ta.Square(model, norm="L2", eps=EPS, n_queries=5000, seed=seed, n_restarts=1)(x, y)
 
 
-VARIANTS = ("advex", "not-rescaled", "reference-range")
+VARIANTS = ("advex", "not-rescaled", "all-positions")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seeds", default="10,11,12,13,14")
-    p.add_argument("--variants", default="advex,reference-range")
+    p.add_argument("--variants", default="advex,all-positions")
     p.add_argument("--no-torchattacks", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
