@@ -96,7 +96,7 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     # differentiates gets the gradient of clip(s·v) with s held fixed
     grad = v.requires_grad or lo.requires_grad or hi.requires_grad
     v_in, lo_in, hi_in = v, lo, hi
-    v, lo, hi = v.detach(), lo.detach(), hi.detach()
+    v, lo, hi = v.detach(), lo.detach().to(v.dtype), hi.detach().to(v.dtype)
     # b_i = hi_i if v_i > 0 else −lo_i (0 where v_i = 0, which changes nothing), capped at
     # _FAR so that b² stays finite for an unbounded box (0·∞ would turn the sums into NaN)
     b2 = v.sign().mul_(_FAR).clamp_(lo, hi).square_()
@@ -104,8 +104,8 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     # elements with b_i = 0 are saturated for every s: leaving their mass out of A from the
     # start makes the first guess s² = eps²/A close (often exact) and saves Newton iterations
     a2 = v.square().mul_(sat)
-    # element i saturates once s² > b_i²/v_i² (0/0 = NaN where b_i = v_i = 0: never counted
-    # as saturated, and its a_i² = 0 adds nothing to the free mass either)
+    # element i saturates once s² > b_i²/v_i² (0/0 = NaN where b_i = 0: never counted as
+    # saturated, and with a_i² = b_i² = 0 it adds nothing to either sum)
     ratio = b2 / a2
     eps2 = eps.square()
     s2 = (eps2 / a2.sum(dim=1, keepdim=True).clamp_min(_TINY)).clamp(max=1.0)
