@@ -20,6 +20,7 @@ Run: ``python benchmarks/square_leftover.py`` (about 2 minutes per seed and vari
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,18 +41,7 @@ def all_positions() -> Iterator[None]:
     """advex's Square with window corners in [0, h − s] (all h − s + 1 positions, advex's range
     before it adopted the reference's [0, h − s)) while active."""
     original = square_module._window
-
-    def full(b: int, s: int, h: int, w: int, run):  # type: ignore[no-untyped-def]
-        dev = run.x.device
-        top = run.randint(h - s + 1, 1)
-        left = run.randint(w - s + 1, 1)
-        rows = torch.arange(h, device=dev) - top
-        cols = torch.arange(w, device=dev) - left
-        inside_r = ((rows >= 0) & (rows < s)).to(run.x.dtype)
-        inside_c = ((cols >= 0) & (cols < s)).to(run.x.dtype)
-        return inside_r[:, None, :, None] * inside_c[:, None, None, :], rows, cols
-
-    square_module._window = full
+    square_module._window = functools.partial(original, all_positions=True)
     try:
         yield
     finally:

@@ -38,6 +38,7 @@ __all__ = [
     "quantize",
     "random_start",
     "round_to_grid",
+    "shrink_into",
 ]
 
 _NEWTON_STEPS = 20
@@ -134,7 +135,7 @@ def _project_l2(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         out = torch.mul(v, s2.sqrt(), out=free).clamp_(lo, hi)
     if not bool(settled.all()):
         out = torch.where(settled, out, _project_l2_sorted(v_in, eps, lo_in, hi_in))
-    return _shrink_into(out, eps, "l2")
+    return shrink_into(out, eps, "l2")
 
 
 def _project_l2_sorted(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -189,7 +190,7 @@ def _project_l1(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     lam = e_k + (g_at.gather(1, k) - eps) / (-s_k).clamp_min(1.0)
     lam = torch.where(inside, torch.zeros_like(lam), lam.clamp_min(0))
     out = torch.sign(v) * torch.minimum((a - lam).clamp_min(0), b)
-    return _shrink_into(out, eps, "l1")
+    return shrink_into(out, eps, "l1")
 
 
 def _project_l0(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -202,13 +203,17 @@ def _project_l0(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return torch.where(keep, clipped, torch.zeros_like(clipped))
 
 
-def _shrink_into(delta: Tensor, eps: Tensor, norm: str) -> Tensor:
-    """Scale rows whose norm exceeds eps by floating-point error back inside (stays in the box)."""
-    n = lp_norm(delta, norm).unsqueeze(1)
-    over = n > eps
+def shrink_into(delta: Tensor, eps: float | Tensor, norm: str) -> Tensor:
+    """Scale the samples whose ‖δ‖_p exceeds eps (by floating-point error) back onto the
+    sphere; scaling toward 0 keeps a point that was in the box inside it. Any shape (B, ...);
+    eps a float or per-sample (B,) or (B, 1)."""
+    n = lp_norm(delta, norm)
+    eps_t = torch.as_tensor(eps, dtype=n.dtype, device=n.device).reshape(-1)
+    over = n > eps_t
     if not bool(over.any()):  # the common case: no pass over δ
         return delta
-    return delta * torch.where(over, eps / n.clamp_min(_TINY), torch.ones_like(n))
+    scale = torch.where(over, eps_t / n.clamp_min(_TINY), torch.ones_like(n))
+    return delta * scale.view(-1, *[1] * (delta.ndim - 1))
 
 
 _PROJECTIONS = {"linf": _project_linf, "l2": _project_l2, "l1": _project_l1, "l0": _project_l0}

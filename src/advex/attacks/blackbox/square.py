@@ -63,7 +63,7 @@ from torch import Tensor
 from advex.attacks import checks, losses
 from advex.attacks.base import Tracker
 from advex.attacks.blackbox.base import BlackBoxAttack
-from advex.norms import box_limits, lp_norm, project
+from advex.norms import box_limits, lp_norm, project, shrink_into
 from advex.threat import ThreatModel
 
 __all__ = ["Square", "p_schedule"]
@@ -116,16 +116,21 @@ def _eta(s: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return meta_pseudo_gaussian(s, torch.empty(0, dtype=dtype, device=device))
 
 
-def _window(b: int, s: int, h: int, w: int, run: Tracker) -> tuple[Tensor, Tensor, Tensor]:
+def _window(
+    b: int, s: int, h: int, w: int, run: Tracker, *, all_positions: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """A random s×s window per sample: mask (B, 1, H, W) as 0/1 in x's dtype (float masks: on
     the CPU, bool tensors and ``where`` cost several times a multiply) and each row's / column's
     index inside the window, (B, H) and (B, W) (outside: < 0 or ≥ s).
 
     The top-left corner is uniform in [0, h − s) × [0, w − s), the reference's range (a window
-    never covers the last row or column), or at 0 where the window spans the whole side."""
+    never covers the last row or column), or at 0 where the window spans the whole side;
+    ``all_positions``: in [0, h − s] × [0, w − s] (for comparisons, see
+    ``benchmarks/square_leftover.py``)."""
     dev = run.x.device
-    top = run.randint(max(h - s, 1), 1)
-    left = run.randint(max(w - s, 1), 1)
+    extra = 1 if all_positions else 0
+    top = run.randint(max(h - s + extra, 1), 1)
+    left = run.randint(max(w - s + extra, 1), 1)
     rows = torch.arange(h, device=dev) - top
     cols = torch.arange(w, device=dev) - left
     inside_r = ((rows >= 0) & (rows < s)).to(run.x.dtype)
@@ -292,15 +297,10 @@ class Square(BlackBoxAttack):
         bump = bump[:, None] * in1 * _signs((b, c, 1, 1), run)
         new = _l2_update(delta, in1, in2, bump, eps)
         # ‖δ'‖₂ = ε, so the clip to the box lies in the ball up to rounding: then it is the
-        # projection onto ball ∩ box (the nearest box point, and feasible); a row over ε by
-        # rounding is scaled back (toward 0, so it stays in the box)
+        # projection onto ball ∩ box (the nearest box point, and feasible), with a row over ε
+        # by rounding scaled back; otherwise the general projection
         lo, hi = box_limits(run.x, self.threat.bounds)
         clipped = torch.clamp(new, lo, hi)
-        n = lp_norm(clipped, "l2")
-        if not bool((n <= eps * (1 + 1e-6)).all()):
+        if not bool((lp_norm(clipped, "l2") <= eps * (1 + 1e-6)).all()):
             return project(new, run.x, self.threat)
-        over = n > eps
-        if bool(over.any()):
-            scale = torch.where(over, eps / n, torch.ones_like(n))
-            clipped = clipped * scale[:, None, None, None]
-        return clipped
+        return shrink_into(clipped, eps, "l2")
