@@ -40,7 +40,7 @@ Differences from the paper and its reference code (max-andr/square-attack):
   last row or column. On the 284 samples that reach Square in ``standard`` at L2 ε = 2 on
   ``mnist_cnn_pgd``, all h − s + 1 positions broke 98.8 and the reference's range 102.8 (mean
   of 5 seeds, standard deviation about 5; torchattacks' Square 102.4;
-  ``benchmarks/square_leftover.py``): within the noise, but the same direction in every run;
+  ``benchmarks/square_leftover.py``): within the noise, but the same direction in both runs;
 * the L∞ sign redraw stops after 16 tries (the reference loops until the window changes);
 * the L2 init tiles the image with ⌊h/s⌋ × ⌊w/s⌋ centred tiles, each transposed at random per
   sample (the reference lays 5 tiles from an offset and may run past the edge);
